@@ -1,0 +1,70 @@
+"""Argument extraction: turn the words of a request into the args a command's schema asks for.
+
+Rules here are deliberately simple and predictable; when they cannot fill a required field
+the agent asks (``command.clarify``) instead of guessing. An LLM planner, when configured,
+can do better extraction for commands these rules do not know.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any
+
+from symbiote.registry.definition import CommandDefinition
+
+__all__ = ["extract_args"]
+
+_TRIGGERS = {
+    "echo": r"^(?:please\s+)?(?:echo|say back|say|repeat after me|repeat)\b[:,]?\s*",
+    "note.write": r"^(?:please\s+)?(?:take a note|write a note|make a note|note down|jot down|write down|note)"
+    r"(?:\s+(?:that|saying|about))?\b[:,]?\s*",
+    "shell.run": r"^(?:please\s+)?(?:run|execute|exec)(?:\s+(?:the\s+)?(?:shell\s+)?(?:command|program))?\b[:,]?\s*",
+}
+
+
+def _slug(text: str) -> str:
+    words = re.findall(r"[A-Za-z0-9]+", text.lower())[:6]
+    return ("-".join(words) or "note")[:48] + ".txt"
+
+
+def _strip_trigger(command: str, text: str) -> str:
+    pattern = _TRIGGERS.get(command)
+    stripped = text.strip()
+    if pattern:
+        stripped = re.sub(pattern, "", stripped, count=1, flags=re.IGNORECASE)
+    return stripped.strip()
+
+
+def extract_args(definition: CommandDefinition, text: str) -> dict[str, Any] | None:
+    """Args for ``definition`` from ``text``, or None if a required field cannot be filled."""
+    rest = _strip_trigger(definition.name, text)
+    properties: dict[str, Any] = definition.args_schema.get("properties", {})
+    required: list[str] = list(definition.args_schema.get("required", []))
+    if definition.name == "note.write":
+        if not rest:
+            return None
+        return {"name": _slug(rest), "text": rest + "\n"}
+    args: dict[str, Any] = {}
+    for name in required:
+        spec = properties.get(name, {})
+        kind = spec.get("type")
+        if kind == "string":
+            if not rest:
+                return None
+            args[name] = rest
+        elif kind == "array":
+            try:
+                parts = shlex.split(rest)
+            except ValueError:
+                return None
+            if not parts:
+                return None
+            args[name] = parts
+        else:
+            return None
+    if not required and len(properties) == 1 and rest:
+        (name,) = properties
+        if properties[name].get("type") == "string":
+            args[name] = rest
+    return args

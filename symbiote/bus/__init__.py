@@ -1,0 +1,1 @@
+"""The event log: envelope, canonical encoding, event bodies and the JetStream stream."""

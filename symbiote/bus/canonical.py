@@ -1,0 +1,68 @@
+"""Canonical msgpack (DESIGN §3): the only byte form symbiote signs, sends or accepts.
+
+``canon(x)`` packs maps with keys sorted by their UTF-8 bytes at every depth, str as
+msgpack str, bytes as bin, ints in their smallest encoding and floats as float64.
+Nothing else is allowed: no ext types, no timestamps, no non-str map keys.
+``decode_canonical`` rejects any input that is not exactly ``canon`` of what it
+decodes to, so two different byte strings never stand for the same event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from symbiote.errors import DecodeError
+
+__all__ = ["canon", "decode_canonical", "normalize"]
+
+_PACKER_OPTS: dict[str, Any] = {"use_bin_type": True, "use_single_float": False, "strict_types": True}
+
+
+def normalize(value: Any) -> Any:
+    """Return ``value`` with every map's keys in canonical order; refuse types canon cannot hold."""
+    if isinstance(value, dict):
+        items = []
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise DecodeError("map keys must be strings", key_type=type(key).__name__)
+            items.append((key.encode("utf-8"), key, normalize(item)))
+        items.sort(key=lambda entry: entry[0])
+        return {key: item for _, key, item in items}
+    if isinstance(value, (list, tuple)):
+        return [normalize(item) for item in value]
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+            raise DecodeError("integer out of msgpack range", value=value)
+        return value
+    raise DecodeError("type not allowed in canonical msgpack", type=type(value).__name__)
+
+
+def canon(value: Any) -> bytes:
+    """Canonical msgpack bytes of ``value`` (maps sorted by UTF-8 key bytes at every depth)."""
+    try:
+        return msgpack.packb(normalize(value), **_PACKER_OPTS)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise DecodeError("value cannot be packed canonically", error=str(exc)) from exc
+
+
+def decode_canonical(data: bytes, *, max_size: int | None = None) -> Any:
+    """Decode ``data`` and require that it is exactly the canonical encoding of the result."""
+    if max_size is not None and len(data) > max_size:
+        raise DecodeError("message too large", size=len(data), max_size=max_size)
+    try:
+        value = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            timestamp=0,
+        )
+    except msgpack.ExtraData as exc:
+        raise DecodeError("trailing bytes after msgpack value") from exc
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise DecodeError("not valid msgpack", error=str(exc)) from exc
+    if canon(value) != data:
+        raise DecodeError("msgpack is not in canonical form")
+    return value

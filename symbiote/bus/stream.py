@@ -1,0 +1,404 @@
+"""The ``SYMBIOTE`` JetStream stream: connecting, publishing, reading and supervised consuming.
+
+Nothing else in symbiote talks to NATS. Publishes carry ``Nats-Msg-Id`` = event id and are
+retried with the same id, so a retry never duplicates an event. Optimistic concurrency on a
+command's subjects (``sym.cmd.<id>.>``) uses ``Nats-Expected-Last-Subject-Sequence`` with
+``Nats-Expected-Last-Subject-Sequence-Subject``, so two writers can never both append after
+the same position. Long-running pull consumers are supervised: every fetch is bounded, and a
+consumer that errors or stalls is re-bound (nats.py #504, #510).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+
+from symbiote.bus.envelope import Envelope
+from symbiote.bus.events import subject_for
+from symbiote.errors import BusError, ConflictError
+
+__all__ = [
+    "DEFAULT_STREAM",
+    "Bus",
+    "Delivery",
+    "PullConsumer",
+    "StoredMsg",
+]
+
+DEFAULT_STREAM = "SYMBIOTE"
+_WRONG_LAST_SEQUENCE = 10071
+T = TypeVar("T")
+_RETRYABLE = (
+    asyncio.TimeoutError,
+    nats.errors.TimeoutError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
+log = structlog.get_logger("symbiote.bus")
+
+
+@dataclass(frozen=True)
+class StoredMsg:
+    """One message as stored in the stream."""
+
+    seq: int
+    subject: str
+    data: bytes
+    time_ms: int = 0
+
+
+class Delivery:
+    """A message delivered by a pull consumer, with its stream position and ack controls."""
+
+    __slots__ = ("_msg", "data", "num_delivered", "num_pending", "seq", "subject")
+
+    def __init__(self, msg: Msg) -> None:
+        meta = msg.metadata
+        self._msg = msg
+        self.seq: int = meta.sequence.stream
+        self.subject: str = msg.subject
+        self.data: bytes = msg.data
+        self.num_delivered: int = meta.num_delivered
+        self.num_pending: int = meta.num_pending
+
+    async def ack(self) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await self._msg.ack()
+
+    async def nak(self, delay: float | None = None) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await self._msg.nak(delay=delay)
+
+    async def in_progress(self) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await self._msg.in_progress()
+
+    async def term(self) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await self._msg.term()
+
+
+class Bus:
+    """A connection to NATS and the ``SYMBIOTE`` stream."""
+
+    def __init__(self, nc: Client, *, stream: str = DEFAULT_STREAM) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=10)
+        self.stream = stream
+
+    @classmethod
+    async def connect(cls, url: str, *, name: str = "symbiote", stream: str = DEFAULT_STREAM) -> Bus:
+        """Connect (reconnecting forever on loss) and return a bus; the stream is not created here."""
+        try:
+            nc = await nats.connect(
+                url,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                connect_timeout=5,
+                allow_reconnect=True,
+                error_cb=_log_error,
+                disconnected_cb=_log_disconnected,
+            )
+        except (OSError, nats.errors.Error) as exc:
+            raise BusError("cannot connect to NATS", url=url, error=str(exc)) from exc
+        return cls(nc, stream=stream)
+
+    async def close(self) -> None:
+        """Drain and close the connection; idempotent."""
+        if self.nc.is_closed:
+            return
+        with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+            await asyncio.wait_for(self.nc.drain(), 5)
+        if not self.nc.is_closed:
+            await self.nc.close()
+
+    async def __aenter__(self) -> Bus:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def ensure_stream(self, *, replicas: int = 1, duplicate_window_s: float = 300.0) -> None:
+        """Create the stream per DESIGN §3 (subjects ``sym.>``, file storage, limits, dedupe ≥ 2 min)."""
+        config = api.StreamConfig(
+            name=self.stream,
+            subjects=["sym.>"],
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            discard=api.DiscardPolicy.NEW,
+            duplicate_window=duplicate_window_s,
+            num_replicas=replicas,
+            allow_direct=True,
+            max_msg_size=1024 * 1024,
+        )
+        try:
+            await self.js.add_stream(config)
+        except nats.js.errors.BadRequestError as exc:
+            # an existing stream with the same name: check it is ours rather than overwrite
+            info = await self.js.stream_info(self.stream)
+            if info.config.subjects != ["sym.>"]:
+                raise BusError("a different stream already uses the name", stream=self.stream) from exc
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise BusError("cannot create the stream", stream=self.stream, error=str(exc)) from exc
+
+    async def publish(
+        self,
+        event: Envelope,
+        *,
+        expect_last_seq: int | None = None,
+        expect_subject: str | None = None,
+        attempts: int = 20,
+    ) -> api.PubAck:
+        """Publish a signed event on its subject; returns the ack (``seq``, ``duplicate``).
+
+        With ``expect_last_seq``, the publish succeeds only if the last message on
+        ``expect_subject`` (a wildcard such as ``sym.cmd.<id>.>``) is at that sequence;
+        otherwise :class:`ConflictError` is raised.
+        """
+        return await self.publish_raw(
+            subject_for(event),
+            event.to_wire(),
+            msg_id=event.id,
+            expect_last_seq=expect_last_seq,
+            expect_subject=expect_subject,
+            attempts=attempts,
+        )
+
+    async def publish_raw(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        msg_id: str | None = None,
+        expect_last_seq: int | None = None,
+        expect_subject: str | None = None,
+        attempts: int = 20,
+    ) -> api.PubAck:
+        """Publish bytes as they are (tests use this for malformed input); retried with the same id."""
+        headers: dict[str, str] = {}
+        if msg_id is not None:
+            headers["Nats-Msg-Id"] = msg_id
+        if expect_last_seq is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(expect_last_seq)
+            if expect_subject is not None:
+                headers["Nats-Expected-Last-Subject-Sequence-Subject"] = expect_subject
+        delay = 0.05
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self.js.publish(subject, data, headers=headers or None, timeout=5)
+            except nats.js.errors.APIError as exc:
+                if exc.err_code == _WRONG_LAST_SEQUENCE:
+                    raise ConflictError(
+                        "another writer appended first", subject=subject, expected=expect_last_seq
+                    ) from exc
+                if exc.code == 503 and attempt < attempts:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                raise BusError("publish refused", subject=subject, error=str(exc), code=exc.err_code) from exc
+            except _RETRYABLE as exc:
+                if attempt == attempts:
+                    raise BusError("publish failed after retries", subject=subject, error=repr(exc)) from exc
+                log.warning("publish.retry", subject=subject, attempt=attempt, error=repr(exc), event_id=msg_id)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        raise BusError("publish failed", subject=subject)  # pragma: no cover - loop always returns or raises
+
+    async def last_seq(self) -> int:
+        """The stream's last sequence number (0 when empty)."""
+        info = await self._retry(lambda: self.js.stream_info(self.stream))
+        return int(info.state.last_seq or 0)
+
+    async def stream_state(self) -> api.StreamState:
+        """The stream's state (first/last sequence, message count, deleted)."""
+        info = await self._retry(lambda: self.js.stream_info(self.stream))
+        return info.state
+
+    async def get(self, seq: int) -> StoredMsg | None:
+        """The message at ``seq``, or None if there is none (deleted or beyond the end)."""
+        req = {"seq": seq}
+        return await self._direct_get(req)
+
+    async def next_after(self, subject: str, seq: int) -> StoredMsg | None:
+        """The first message at or after ``seq`` on ``subject`` (wildcards allowed), or None."""
+        return await self._direct_get({"seq": max(seq, 1), "next_by_subj": subject})
+
+    async def history(self, subject: str, from_seq: int = 1, limit: int = 1000) -> list[StoredMsg]:
+        """Every message on ``subject`` from ``from_seq`` on, in order (at most ``limit``)."""
+        found: list[StoredMsg] = []
+        seq = from_seq
+        while len(found) < limit:
+            msg = await self.next_after(subject, seq)
+            if msg is None:
+                break
+            found.append(msg)
+            seq = msg.seq + 1
+        return found
+
+    async def _direct_get(self, req: dict[str, Any]) -> StoredMsg | None:
+        async def call() -> Msg:
+            return await self.nc.request(f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(req).encode(), timeout=5)
+
+        msg = await self._retry(call)
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status == "404":
+            return None
+        if status:
+            raise BusError("direct get failed", status=status, detail=headers.get("Description"))
+        return StoredMsg(
+            seq=int(headers["Nats-Sequence"]),
+            subject=headers["Nats-Subject"],
+            data=msg.data,
+        )
+
+    async def read(
+        self, subject: str = "sym.>", *, from_seq: int = 1, follow: bool = False, batch: int = 256
+    ) -> AsyncIterator[StoredMsg]:
+        """Read the stream in order through an ephemeral consumer; ``follow`` waits for new events."""
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=max(from_seq, 1),
+            ack_policy=api.AckPolicy.NONE,
+            filter_subject=subject,
+            inactive_threshold=30.0,
+            mem_storage=True,
+        )
+        sub = await self.js.pull_subscribe(subject, durable=None, stream=self.stream, config=config)
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(batch, timeout=1.0 if follow else 0.5)
+                except nats.errors.TimeoutError:
+                    if follow:
+                        continue
+                    return
+                for msg in msgs:
+                    meta = msg.metadata
+                    yield StoredMsg(meta.sequence.stream, msg.subject, msg.data, int(meta.timestamp.timestamp() * 1000))
+                if not follow and msgs and msgs[-1].metadata.num_pending == 0:
+                    return
+        finally:
+            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+                await sub.unsubscribe()
+
+    async def _retry(self, call: Callable[[], Awaitable[T]], attempts: int = 20) -> T:
+        delay = 0.05
+        for attempt in range(1, attempts + 1):
+            try:
+                return await call()
+            except _RETRYABLE as exc:
+                if attempt == attempts:
+                    raise BusError("NATS request failed after retries", error=repr(exc)) from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        raise BusError("unreachable")  # pragma: no cover
+
+
+Handler = Callable[[Sequence[Delivery]], Awaitable[None]]
+
+
+class PullConsumer:
+    """A supervised durable pull consumer: ``run()`` fetches batches and hands them to ``handler``.
+
+    N processes running the same durable share its messages. A fetch that errors (server
+    restart, stalled subscription) re-binds the subscription; ``shutdown()`` stops it and
+    ``run()`` re-raises the handler's first failure.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        durable: str,
+        subjects: Sequence[str],
+        handler: Handler,
+        *,
+        batch: int = 256,
+        ack_wait_s: float = 30.0,
+        max_ack_pending: int = 20_000,
+        fetch_timeout_s: float = 1.0,
+    ) -> None:
+        self.bus = bus
+        self.durable = durable
+        self.subjects = list(subjects)
+        self.handler = handler
+        self.batch = batch
+        self.ack_wait_s = ack_wait_s
+        self.max_ack_pending = max_ack_pending
+        self.fetch_timeout_s = fetch_timeout_s
+        self._stop = asyncio.Event()
+        self.rebinds = 0
+
+    async def ensure(self) -> None:
+        """Create the durable consumer if it does not exist."""
+        config = api.ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=self.ack_wait_s,
+            max_ack_pending=self.max_ack_pending,
+            max_waiting=512,
+            filter_subjects=self.subjects if len(self.subjects) > 1 else None,
+            filter_subject=self.subjects[0] if len(self.subjects) == 1 else None,
+        )
+        await self.bus._retry(lambda: self.bus.js.add_consumer(self.bus.stream, config))
+
+    async def run(self) -> None:
+        """Fetch and handle until :meth:`shutdown`; survives server restarts."""
+        backoff = 0.1
+        while not self._stop.is_set():
+            sub: JetStreamContext.PullSubscription | None = None
+            try:
+                await self.ensure()
+                sub = await self.bus.js.pull_subscribe_bind(self.durable, stream=self.bus.stream)
+                backoff = 0.1
+                while not self._stop.is_set():
+                    try:
+                        msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout_s)
+                    except nats.errors.TimeoutError:
+                        continue
+                    await self.handler([Delivery(m) for m in msgs])
+            except (TimeoutError, nats.errors.Error, nats.js.errors.Error, BusError, OSError) as exc:
+                if self._stop.is_set():
+                    break
+                self.rebinds += 1
+                log.warning("consumer.rebind", durable=self.durable, error=repr(exc), backoff_s=backoff)
+                await _sleep_or_stop(self._stop, backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                if sub is not None:
+                    with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError, BusError):
+                        await sub.unsubscribe()
+
+    def shutdown(self) -> None:
+        """Ask ``run()`` to return after the batch in hand; idempotent."""
+        self._stop.set()
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def _log_error(exc: Exception) -> None:
+    log.warning("nats.error", error=repr(exc))
+
+
+async def _log_disconnected() -> None:
+    log.warning("nats.disconnected")

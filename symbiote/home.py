@@ -1,0 +1,115 @@
+"""The data directory: where keys, server state, workspaces and ``runtime.json`` live."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from symbiote.errors import ConfigError, KeyFileError
+from symbiote.signers.keys import SigningKey
+
+__all__ = ["ROLE_FILES", "DataDir", "default_data_dir"]
+
+ROLE_FILES = {"owner": "owner.pem", "agent": "agent.pem", "runtime": "runtime.pem", "user": "user.pem"}
+
+
+def default_data_dir() -> Path:
+    """``$SYMBIOTE_DATA_DIR``, else ``~/.local/share/symbiote``."""
+    env = os.environ.get("SYMBIOTE_DATA_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".local" / "share" / "symbiote"
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """Paths under one data directory, and the keys kept there."""
+
+    root: Path
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def nats_dir(self) -> Path:
+        return self.root / "nats"
+
+    @property
+    def postgres_dir(self) -> Path:
+        return self.root / "postgres"
+
+    @property
+    def workspaces_dir(self) -> Path:
+        return self.root / "workspaces"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def runtime_file(self) -> Path:
+        return self.root / "runtime.json"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.root / "tls"
+
+    def ensure(self) -> None:
+        for path in (self.root, self.keys_dir, self.workspaces_dir, self.checkpoints_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.keys_dir, 0o700)
+
+    @staticmethod
+    def passphrase() -> bytes | None:
+        """The key passphrase from ``$SYMBIOTE_PASSPHRASE`` (keys are encrypted at rest when set)."""
+        value = os.environ.get("SYMBIOTE_PASSPHRASE")
+        return value.encode() if value else None
+
+    def key_path(self, role: str) -> Path:
+        return self.keys_dir / ROLE_FILES[role]
+
+    def has_key(self, role: str) -> bool:
+        return self.key_path(role).exists()
+
+    def load_key(self, role: str) -> SigningKey:
+        path = self.key_path(role)
+        if not path.exists():
+            raise ConfigError(f"no {role} key; run `symbiote init` first", path=str(path))
+        key = SigningKey.load(path, self.passphrase())
+        if not key.principal.startswith(f"{role}:"):
+            raise KeyFileError("key file principal does not match its role", path=str(path), principal=key.principal)
+        return key
+
+    def save_key(self, role: str, key: SigningKey) -> None:
+        key.save(self.key_path(role), self.passphrase())
+
+    def read_runtime(self) -> dict[str, Any] | None:
+        """The running runtime's addresses, or None when it is not up."""
+        try:
+            data = json.loads(self.runtime_file.read_text())
+        except (OSError, ValueError):
+            return None
+        pid = data.get("pid")
+        if isinstance(pid, int) and not _alive(pid):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write_runtime(self, data: dict[str, Any]) -> None:
+        tmp = self.runtime_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.replace(self.runtime_file)
+
+    def clear_runtime(self) -> None:
+        self.runtime_file.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

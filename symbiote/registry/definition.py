@@ -1,0 +1,101 @@
+"""Command definitions and approval policy (DESIGN §4), read from TOML or from registry events."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from symbiote.errors import ConfigError
+
+__all__ = ["ApprovalPolicy", "CommandDefinition", "SandboxSpec", "load_definition", "validate_args"]
+
+
+class ApprovalPolicy(BaseModel):
+    """Who must sign before a command runs: nobody, or ``quorum`` of the listed user principals."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    mode: Literal["none", "user"] = "none"
+    quorum: int = Field(default=1, ge=1)
+    principals: list[str] = []  # empty: any registered user principal
+    expires_in: int = Field(default=600, ge=1, description="seconds an approval request stays open")
+
+    @field_validator("principals")
+    @classmethod
+    def _users_only(cls, value: list[str]) -> list[str]:
+        for principal in value:
+            if not principal.startswith("user:"):
+                raise ValueError(f"approval principals must be user:NAME, not {principal!r}")
+        return value
+
+    def describe(self) -> str:
+        if self.mode == "none":
+            return "runs without approval"
+        who = ", ".join(self.principals) if self.principals else "any registered user"
+        return f"needs {self.quorum} approval(s) from {who} within {self.expires_in}s"
+
+
+class SandboxSpec(BaseModel):
+    """Where and under which limits a command runs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    network: list[str] | None = None
+    gpu: bool = False
+    cpu_seconds: int = Field(default=10, ge=1)
+    memory_mb: int = Field(default=512, ge=16)
+    timeout_s: float = Field(default=30.0, gt=0)
+    max_output_bytes: int = Field(default=1_000_000, ge=1)
+    snapshot: bool = False
+
+
+class CommandDefinition(BaseModel):
+    """A registered command: what it means, which args it takes, how and where it runs, who must approve."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str = Field(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")
+    description: str
+    examples: list[str] = []
+    args_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    executor: str = Field(description="builtin:<name>, shell, or noop")
+    argv: list[str] = []  # shell: argv template; "{field}" is replaced by args[field]
+    stdin: str | None = None  # shell: stdin template
+    sandbox: SandboxSpec = SandboxSpec()
+    idempotent: bool = False
+    auto_confidence: float = Field(default=0.6, ge=0.0, le=1.0)
+    approval: ApprovalPolicy = ApprovalPolicy()
+    risk: str = "low"
+
+    @field_validator("args_schema")
+    @classmethod
+    def _schema_valid(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            jsonschema.Draft202012Validator.check_schema(value)
+        except jsonschema.SchemaError as exc:
+            raise ValueError(f"args_schema is not a valid JSON Schema: {exc.message}") from exc
+        return value
+
+    def to_map(self) -> dict[str, Any]:
+        """The definition as a plain map (for a ``command.defined`` event), without None values."""
+        return self.model_dump(mode="python", exclude_none=True)
+
+
+def validate_args(definition: CommandDefinition, args: dict[str, Any]) -> str | None:
+    """None if ``args`` fit the definition's schema, else a short description of the first error."""
+    validator = jsonschema.Draft202012Validator(definition.args_schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(args))
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path) or "(args)"
+    return f"{where}: {error.message}"[:500]
+
+
+def load_definition(path: Path) -> CommandDefinition:
+    """Read one command definition from a TOML file."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return CommandDefinition.model_validate(data)
+    except (OSError, tomllib.TOMLDecodeError, ValidationError) as exc:
+        raise ConfigError("invalid command definition", path=str(path), error=str(exc)[:800]) from exc

@@ -1,0 +1,134 @@
+"""``symbiote up``: the embedded servers and the components, started and stopped as one.
+
+Starts a real nats-server (JetStream, ``sync_interval: always``) and a real PostgreSQL with
+pgvector from their wheels unless external URLs are given, makes sure the data directory is
+initialized, runs the dispatcher and the agent (and, where present, the projector and the
+HTTP API), writes ``runtime.json`` when everything is ready, and stops everything it
+started, in reverse order, on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from symbiote.agents.service import Agent
+from symbiote.bootstrap import initialize
+from symbiote.bus.server import NatsServer, NatsServerConfig
+from symbiote.bus.stream import Bus
+from symbiote.dispatcher.executors import Executors
+from symbiote.dispatcher.service import Dispatcher
+from symbiote.home import DataDir
+from symbiote.projections.pgserver import PostgresServer, PostgresServerConfig
+from symbiote.sandbox import BubblewrapSandbox
+
+__all__ = ["Runtime", "RuntimeOptions"]
+
+log = structlog.get_logger("symbiote.runtime")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """What ``up`` starts and where it connects."""
+
+    nats_url: str | None = None
+    postgres_dsn: str | None = None
+    postgres: bool = True
+    api: bool = True
+    api_host: str = "127.0.0.1"
+    api_port: int = 8443
+    name: str | None = None
+
+
+Component = Callable[[], Awaitable[None]]
+
+
+class Runtime:
+    """Everything ``symbiote up`` runs. ``async with Runtime(...)`` starts it; leaving stops it."""
+
+    def __init__(self, home: DataDir, options: RuntimeOptions | None = None) -> None:
+        self.home = home
+        self.options = options or RuntimeOptions()
+        self.nats_url: str | None = None
+        self.postgres_dsn: str | None = None
+        self.api_url: str | None = None
+        self.bus: Bus | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.agent: Agent | None = None
+        self.extras: dict[str, Any] = {}
+        self._stack = AsyncExitStack()
+
+    async def start(self) -> None:
+        """Start servers and components; on any failure, stop what was started and re-raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        stack = self._stack
+        self.home.ensure()
+        problems = BubblewrapSandbox().preflight()
+        if problems:
+            log.warning("sandbox.preflight", problems=problems, note="sandboxed commands will fail closed")
+        if self.options.nats_url:
+            self.nats_url = self.options.nats_url
+        else:
+            nats = NatsServer(NatsServerConfig(store_dir=self.home.nats_dir))
+            await stack.enter_async_context(nats)
+            self.nats_url = nats.url
+        self.bus = await Bus.connect(self.nats_url, name="symbiote-runtime")
+        stack.push_async_callback(self.bus.close)
+        await self.bus.ensure_stream()
+        report = await initialize(self.bus, self.home, name=self.options.name)
+        if report.created_keys or report.registered or report.defined:
+            log.info("init", created=report.created_keys, registered=report.registered, defined=report.defined)
+        if self.options.postgres_dsn:
+            self.postgres_dsn = self.options.postgres_dsn
+        elif self.options.postgres:
+            pg = PostgresServer(PostgresServerConfig(data_dir=self.home.postgres_dir))
+            await stack.enter_async_context(pg)
+            self.postgres_dsn = pg.dsn
+        self.dispatcher = Dispatcher(self.bus, self.home.load_key("runtime"), Executors(self.home.workspaces_dir))
+        await stack.enter_async_context(self.dispatcher)
+        self.agent = Agent(self.bus, self.home.load_key("agent"))
+        await stack.enter_async_context(self.agent)
+        self.home.write_runtime(
+            {"nats_url": self.nats_url, "postgres_dsn": self.postgres_dsn, "api_url": self.api_url, "pid": os.getpid()}
+        )
+        stack.callback(self.home.clear_runtime)
+        log.info("runtime.up", nats_url=self.nats_url, postgres_dsn=self.postgres_dsn, api_url=self.api_url)
+
+    async def stop(self) -> None:
+        """Stop everything started, in reverse order; idempotent."""
+        stack, self._stack = self._stack, AsyncExitStack()
+        await stack.aclose()
+
+    async def __aenter__(self) -> Runtime:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def serve_until(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set (by a signal handler)."""
+        await stop.wait()
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    """SIGINT / SIGTERM set ``stop``."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)

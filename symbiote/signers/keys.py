@@ -1,0 +1,139 @@
+"""Ed25519 keys: kids, key files (PKCS#8 PEM, mode 0600, encrypted when a passphrase is set), signing."""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from symbiote.bus.envelope import Envelope
+from symbiote.errors import KeyFileError, SignatureError
+
+__all__ = [
+    "KID_PREFIX",
+    "SigningKey",
+    "kid_of",
+    "public_key_from_kid",
+    "sign_event",
+    "verify_sig",
+]
+
+KID_PREFIX = "ed25519:"
+
+
+def _b64u(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def kid_of(public_key: Ed25519PublicKey) -> str:
+    """``"ed25519:" + base64url(raw 32-byte public key)``, unpadded."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return KID_PREFIX + _b64u(raw)
+
+
+_PUBLIC_CACHE: dict[str, Ed25519PublicKey] = {}
+
+
+def public_key_from_kid(kid: str) -> Ed25519PublicKey:
+    """The public key a kid names; raise :class:`SignatureError` if it is not a valid Ed25519 kid."""
+    cached = _PUBLIC_CACHE.get(kid)
+    if cached is not None:
+        return cached
+    if not kid.startswith(KID_PREFIX):
+        raise SignatureError("kid is not ed25519", kid=kid)
+    text = kid[len(KID_PREFIX) :]
+    if len(text) != 43 or "=" in text:
+        raise SignatureError("kid is not 32 bytes of unpadded base64url", kid=kid)
+    try:
+        raw = base64.urlsafe_b64decode(text + "=")
+        key = Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError as exc:
+        raise SignatureError("kid does not hold a public key", kid=kid) from exc
+    if _b64u(raw) != text:
+        raise SignatureError("kid is not canonical base64url", kid=kid)
+    if len(_PUBLIC_CACHE) < 10_000:
+        _PUBLIC_CACHE[kid] = key
+    return key
+
+
+def verify_sig(kid: str, sig: bytes, message: bytes) -> bool:
+    """True if ``sig`` is a valid Ed25519 signature of ``message`` by the key ``kid`` names."""
+    try:
+        public_key_from_kid(kid).verify(sig, message)
+    except (InvalidSignature, SignatureError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A private Ed25519 key with the principal it signs for (``role:name``)."""
+
+    private: Ed25519PrivateKey
+    principal: str
+
+    @classmethod
+    def generate(cls, principal: str) -> SigningKey:
+        return cls(Ed25519PrivateKey.generate(), principal)
+
+    @classmethod
+    def from_seed(cls, seed: bytes, principal: str) -> SigningKey:
+        """Deterministic key from a 32-byte seed (test vectors)."""
+        return cls(Ed25519PrivateKey.from_private_bytes(seed), principal)
+
+    @property
+    def kid(self) -> str:
+        return kid_of(self.private.public_key())
+
+    @property
+    def role(self) -> str:
+        return self.principal.split(":", 1)[0]
+
+    def sign(self, message: bytes) -> bytes:
+        return self.private.sign(message)
+
+    def save(self, path: Path, passphrase: bytes | None = None) -> None:
+        """Write PKCS#8 PEM (encrypted with ``passphrase`` when given), mode 0600, atomically."""
+        encryption: serialization.KeySerializationEncryption = (
+            serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+        )
+        pem = self.private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, f"# principal: {self.principal}\n".encode() + pem)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path, passphrase: bytes | None = None) -> SigningKey:
+        """Read a key file written by :meth:`save` (or any PKCS#8 Ed25519 PEM with a principal line)."""
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise KeyFileError("cannot read key file", path=str(path), error=str(exc)) from exc
+        principal = ""
+        first, _, _ = data.partition(b"\n")
+        if first.startswith(b"# principal: "):
+            principal = first[len(b"# principal: ") :].decode().strip()
+        try:
+            key = serialization.load_pem_private_key(data, password=passphrase or None)
+        except (ValueError, TypeError) as exc:
+            raise KeyFileError(
+                "cannot decode key file (wrong or missing passphrase?)", path=str(path), error=str(exc)
+            ) from exc
+        if not isinstance(key, Ed25519PrivateKey):
+            raise KeyFileError("key file is not an Ed25519 key", path=str(path))
+        return cls(key, principal)
+
+
+def sign_event(event: Envelope, key: SigningKey) -> Envelope:
+    """``event`` with ``key``'s signature over its signing input appended."""
+    return event.with_sig(key.kid, key.sign(event.signing_input()))
