@@ -11,15 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "BusError",
     "ConfigError",
+    "ConflictError",
     "DecodeError",
-    "ServerStartError",
+    "KeyFileError",
     "SandboxError",
     "SandboxUnavailable",
+    "ServerStartError",
     "SignatureError",
-    "KeyFileError",
-    "BusError",
-    "ConflictError",
     "StoreError",
     "SymbioteError",
 ]

@@ -1,17 +1,15 @@
 """Agents turn inputs into signed proposals: intent matching, argument extraction, planning."""
 
 from symbiote.agents.extract import extract_args
-from symbiote.agents.intent import Candidate, Embedder, IntentMatcher, load_embedder
+from symbiote.agents.intent import Candidate, IntentMatcher
 from symbiote.agents.service import AGENT_SUBJECTS, Agent, Plan, Planner
 
 __all__ = [
     "AGENT_SUBJECTS",
     "Agent",
     "Candidate",
-    "Embedder",
     "IntentMatcher",
     "Plan",
     "Planner",
     "extract_args",
-    "load_embedder",
 ]

@@ -1,44 +1,16 @@
-"""Intent matching: which registered command a request means, with a confidence per candidate.
-
-Embeddings come from wordllama's bundled static model, loaded from its own package folder
-with downloads disabled (nothing is fetched at run time).
-"""
+"""Intent matching: which registered command a request means, with a confidence per candidate."""
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from symbiote.embeddings import Embedder
 from symbiote.registry.definition import CommandDefinition
 
-__all__ = ["Candidate", "Embedder", "IntentMatcher", "load_embedder"]
-
-
-class Embedder:
-    """Unit-length sentence vectors from wordllama (256 dimensions)."""
-
-    dim = 256
-
-    def __init__(self, model: Any) -> None:
-        self._model = model
-
-    def embed(self, texts: list[str]) -> np.ndarray[Any, np.dtype[np.float32]]:
-        vectors = np.asarray(self._model.embed(texts, norm=True), dtype=np.float32)
-        return vectors
-
-
-@functools.cache
-def load_embedder() -> Embedder:
-    """Load the bundled wordllama model once per process (offline)."""
-    import wordllama
-    from wordllama import WordLlama
-
-    folder = Path(wordllama.__file__).parent
-    return Embedder(WordLlama.load(cache_dir=folder, disable_download=True, dim=256))
+__all__ = ["Candidate", "IntentMatcher"]
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,11 @@ from typing import Any, Protocol
 import structlog
 
 from symbiote.agents.extract import extract_args
-from symbiote.agents.intent import Candidate, IntentMatcher, load_embedder
+from symbiote.agents.intent import Candidate, IntentMatcher
 from symbiote.bus.envelope import Envelope, from_wire, make_event
 from symbiote.bus.ids import derived_event_id, now_ms
 from symbiote.bus.stream import Bus, Delivery, PullConsumer
+from symbiote.embeddings import load_embedder
 from symbiote.errors import BusError, DecodeError, SymbioteError
 from symbiote.registry.definition import CommandDefinition
 from symbiote.registry.follower import RegistryFollower

@@ -285,7 +285,7 @@ class Bus:
             while True:
                 try:
                     msgs = await sub.fetch(batch, timeout=1.0 if follow else 0.5)
-                except nats.errors.TimeoutError:
+                except (TimeoutError, nats.errors.TimeoutError):
                     if follow:
                         continue
                     return
@@ -371,8 +371,8 @@ class PullConsumer:
                 while not self._stop.is_set():
                     try:
                         msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout_s)
-                    except nats.errors.TimeoutError:
-                        continue
+                    except (TimeoutError, nats.errors.TimeoutError):
+                        continue  # no messages within the fetch window
                     await self.handler([Delivery(m) for m in msgs])
             except (TimeoutError, nats.errors.Error, nats.js.errors.Error, BusError, OSError) as exc:
                 if self._stop.is_set():
@@ -401,4 +401,4 @@ async def _log_error(exc: Exception) -> None:
 
 
 async def _log_disconnected() -> None:
-    log.warning("nats.disconnected")
+    log.debug("nats.disconnected")

@@ -18,7 +18,7 @@ from symbiote.errors import SandboxError, SandboxUnavailable
 from symbiote.registry.definition import CommandDefinition, SandboxSpec
 from symbiote.sandbox import BubblewrapSandbox, Sandbox, SandboxProfile, Workspaces
 
-__all__ = ["Executors", "Outcome", "render_template"]
+__all__ = ["BUILTINS", "Builtin", "Executors", "Outcome", "render_template"]
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,15 @@ def profile_of(spec: SandboxSpec) -> SandboxProfile:
 class Executors:
     """Runs commands: in-process builtins, or sandboxed programs in a per-command workspace."""
 
-    def __init__(self, workspace_root: Path, sandbox: Sandbox | None = None) -> None:
+    def __init__(
+        self,
+        workspace_root: Path,
+        sandbox: Sandbox | None = None,
+        builtins: Mapping[str, Builtin] | None = None,
+    ) -> None:
         self.sandbox = sandbox or BubblewrapSandbox()
         self.workspaces = Workspaces(workspace_root)
+        self.builtins: dict[str, Builtin] = {**BUILTINS, **(builtins or {})}
 
     def sandbox_info(self, definition: CommandDefinition) -> dict[str, Any]:
         """The ``sandbox`` field of ``command.started``: backend and profile."""
@@ -92,7 +98,7 @@ class Executors:
             if executor == "noop":
                 return Outcome(0, {}, 0)
             if executor.startswith("builtin:"):
-                builtin = BUILTINS.get(executor.split(":", 1)[1])
+                builtin = self.builtins.get(executor.split(":", 1)[1])
                 if builtin is None:
                     return Outcome(127, {"error": f"no builtin {executor}"}, 0)
                 output = await builtin(args)

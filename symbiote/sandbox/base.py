@@ -25,8 +25,8 @@ __all__ = ["Sandbox", "SandboxResult", "Workspaces"]
 _CHUNK = 65536
 _COMMAND_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# After the process is gone its pipes close at once; this only bounds a stray holder.
-_DRAIN_S = 2.0
+# Once the sandbox's process tree is gone its pipes close at once; this only bounds the wait.
+_KILL_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -171,8 +171,12 @@ class Sandbox(ABC):
                 _kill_group(proc.pid)
                 if on_timeout is not None:
                     await on_timeout()
-            returncode = await waiter
-            await asyncio.wait(readers, timeout=_DRAIN_S)
+                # wait() also waits for the pipes: anything still holding them survived the kill.
+                done, _ = await asyncio.wait({waiter}, timeout=_KILL_GRACE_S)
+                if not done:
+                    raise SandboxError("sandboxed processes survived SIGKILL", backend=self.backend, pid=proc.pid)
+            returncode = waiter.result()
+            await asyncio.wait(readers, timeout=_KILL_GRACE_S)
         finally:
             if proc.returncode is None:
                 _kill_group(proc.pid)

@@ -1,0 +1,140 @@
+"""Reading the log for people: verified event rows and the chain one input started."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from symbiote.bus.envelope import Envelope, from_wire
+from symbiote.bus.stream import Bus, StoredMsg
+from symbiote.errors import DecodeError
+from symbiote.registry.state import REGISTRY_TYPES, RegistryState
+
+__all__ = ["EventRow", "follow_chain", "rows", "to_jsonable"]
+
+
+def to_jsonable(value: Any) -> Any:
+    """Bytes become hex strings so that event bodies print as JSON."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+@dataclass
+class EventRow:
+    """One stored message, decoded and verified against the registry as of its position."""
+
+    seq: int
+    subject: str
+    event: Envelope | None
+    verified: list[str]
+    problem: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        event = self.event
+        return {
+            "seq": self.seq,
+            "subject": self.subject,
+            "id": event.id if event else None,
+            "type": event.type if event else None,
+            "actor": event.actor if event else None,
+            "at": event.at if event else None,
+            "corr": event.corr if event else None,
+            "cause": event.cause if event else None,
+            "verified": self.verified,
+            "problem": self.problem,
+            "body": to_jsonable(event.body) if event else None,
+        }
+
+
+async def rows(bus: Bus, *, from_seq: int = 1, follow: bool = False, subject: str = "sym.>") -> AsyncIterator[EventRow]:
+    """Every event from ``from_seq`` with its signatures verified at its position.
+
+    The registry is folded from the start of the log so verification is exact even when
+    the listing starts later.
+    """
+    state = RegistryState()
+    if from_seq > 1:
+        async for msg in bus.read("sym.reg.>", from_seq=1):
+            if msg.seq >= from_seq:
+                break
+            _fold(state, msg)
+    async for msg in bus.read(subject if subject != "sym.>" else "sym.>", from_seq=from_seq, follow=follow):
+        yield _row(state, msg)
+
+
+def _fold(state: RegistryState, msg: StoredMsg) -> None:
+    try:
+        event = from_wire(msg.data)
+    except DecodeError:
+        return
+    if event.type in REGISTRY_TYPES:
+        state.apply(event, msg.seq)
+
+
+def _row(state: RegistryState, msg: StoredMsg) -> EventRow:
+    try:
+        event = from_wire(msg.data)
+    except DecodeError as exc:
+        return EventRow(msg.seq, msg.subject, None, [], f"undecodable: {exc}")
+    if event.type in REGISTRY_TYPES:
+        verdict = state.apply(event, msg.seq)
+    else:
+        verdict = state.keyring.verify(event, msg.seq)
+    problem = None if verdict.ok else f"{verdict.reason}: {verdict.detail}"
+    return EventRow(msg.seq, msg.subject, event, verdict.principals if verdict.ok else [], problem)
+
+
+STOP_TYPES = frozenset({"command.clarify", "command.suggested"})
+
+
+async def follow_chain(
+    bus: Bus, input_id: str, from_seq: int, *, timeout_s: float, until_approval: bool = False
+) -> AsyncIterator[EventRow]:
+    """Events of the chain that input ``input_id`` started, until it ends (or ``timeout_s``)."""
+    commands: set[str] = set()
+    queue: asyncio.Queue[EventRow] = asyncio.Queue()
+
+    async def pump() -> None:
+        async for row in rows(bus, from_seq=from_seq, follow=True, subject="sym.cmd.>"):
+            await queue.put(row)
+
+    task = asyncio.create_task(pump())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    try:
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                row = await asyncio.wait_for(queue.get(), remaining)
+            except TimeoutError:
+                return
+            event = row.event
+            if event is None:
+                continue
+            command_id = event.id if event.type == "command.proposed" else str(event.body.get("command_id", ""))
+            if event.corr == input_id or event.cause == input_id:
+                commands.add(command_id)
+            if command_id not in commands:
+                continue
+            yield row
+            terminal = event.type in ("command.succeeded", "command.failed") or (
+                event.type == "command.denied" and event.cause == command_id
+            )
+            if terminal or event.type in STOP_TYPES:
+                return
+            if event.type == "command.approval_requested" and not until_approval:
+                return
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,405 @@
+"""The ``symbiote`` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from symbiote.bootstrap import define_command, initialize, register_key, revoke_key
+from symbiote.bus.envelope import make_event
+from symbiote.bus.server import NatsServer, NatsServerConfig
+from symbiote.bus.stream import Bus
+from symbiote.cli.chain import EventRow, follow_chain, rows
+from symbiote.errors import SymbioteError
+from symbiote.home import DataDir, default_data_dir
+from symbiote.logs import configure_logging
+from symbiote.registry.definition import load_definition
+from symbiote.registry.follower import RegistryFollower
+from symbiote.signers.keys import public_key_from_kid, sign_event
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="symbiote: a signed, event-sourced assistant runtime."
+)
+keys_app = typer.Typer(no_args_is_help=True, help="Keys: list, register someone's public key, revoke.")
+commands_app = typer.Typer(no_args_is_help=True, help="Command definitions: list and add.")
+app.add_typer(keys_app, name="keys")
+app.add_typer(commands_app, name="commands")
+console = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data directory (default $SYMBIOTE_DATA_DIR or ~/.local/share/symbiote)"),
+]
+NatsOpt = Annotated[str | None, typer.Option("--nats-url", help="NATS URL (default: the running runtime's)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object a line")]
+
+
+def _home(data_dir: Path | None) -> DataDir:
+    return DataDir((data_dir or default_data_dir()).expanduser().resolve())
+
+
+def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    configure_logging("warning")
+    try:
+        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+    except SymbioteError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+@asynccontextmanager
+async def _bus(home: DataDir, nats_url: str | None, *, start_if_down: bool = False) -> AsyncIterator[Bus]:
+    """A bus connected to ``--nats-url``, the running runtime, or (for init) a temporary server."""
+    url = nats_url or (home.read_runtime() or {}).get("nats_url")
+    if url:
+        bus = await Bus.connect(str(url), name="symbiote-cli")
+        try:
+            yield bus
+        finally:
+            await bus.close()
+        return
+    if not start_if_down:
+        raise SymbioteError("the runtime is not up: run `symbiote up` (or pass --nats-url)", data_dir=str(home.root))
+    home.ensure()
+    async with NatsServer(NatsServerConfig(store_dir=home.nats_dir)) as server:
+        bus = await Bus.connect(server.url, name="symbiote-cli")
+        try:
+            yield bus
+        finally:
+            await bus.close()
+
+
+# -- init / up -------------------------------------------------------------------------------
+@app.command()
+def init(
+    data_dir: DataDirOpt = None,
+    nats_url: NatsOpt = None,
+    name: Annotated[str | None, typer.Option(help="Your name (principals owner:NAME and user:NAME)")] = None,
+) -> None:
+    """Create the owner, agent, runtime and user keys, register them, define the default commands."""
+    home = _home(data_dir)
+
+    async def go() -> None:
+        async with _bus(home, nats_url, start_if_down=True) as bus:
+            report = await initialize(bus, home, name=name)
+        if not (report.created_keys or report.registered or report.defined):
+            console.print(f"Already initialized in {home.root}; nothing changed.")
+            return
+        console.print(f"Initialized {home.root}")
+        for label, items in (
+            ("keys created", report.created_keys),
+            ("registered", report.registered),
+            ("commands defined", report.defined),
+        ):
+            if items:
+                console.print(f"  {label}: {', '.join(items)}")
+
+    _run(go)
+
+
+@app.command()
+def up(
+    data_dir: DataDirOpt = None,
+    nats_url: Annotated[str | None, typer.Option(help="Use an external NATS instead of the embedded one")] = None,
+    postgres_dsn: Annotated[str | None, typer.Option(help="Use an external PostgreSQL")] = None,
+    no_postgres: Annotated[bool, typer.Option("--no-postgres", help="Do not start PostgreSQL")] = False,
+    no_api: Annotated[bool, typer.Option("--no-api", help="Do not start the HTTP API")] = False,
+    api_port: Annotated[int, typer.Option(help="HTTPS port of the API and phone page")] = 8443,
+    demo: Annotated[bool, typer.Option(help="Run a short scripted demo once everything is up")] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Start the embedded servers and the runtime; stop everything on Ctrl-C / SIGTERM."""
+    from symbiote.runtime import Runtime, RuntimeOptions, install_signal_handlers
+
+    home = _home(data_dir)
+    options = RuntimeOptions(
+        nats_url=nats_url, postgres_dsn=postgres_dsn, postgres=not no_postgres, api=not no_api, api_port=api_port
+    )
+
+    async def go() -> None:
+        configure_logging(log_level)
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        async with Runtime(home, options) as runtime:
+            console.print(f"[green]symbiote is up[/green]  data: {home.root}")
+            console.print(f"  nats: {runtime.nats_url}   postgres: {runtime.postgres_dsn}   api: {runtime.api_url}")
+            if demo:
+                assert runtime.bus is not None
+                await _demo(runtime.bus, home)
+            dd = f" --data-dir {home.root}" if data_dir else ""
+            console.print(
+                "\nTry it in another terminal:\n"
+                f'  .venv/bin/symbiote say{dd} "echo hello" --wait\n'
+                f"  .venv/bin/symbiote events{dd} --follow\n"
+                f"  .venv/bin/symbiote approvals{dd}\n"
+                "Stop with Ctrl-C."
+            )
+            await stop.wait()
+            console.print("stopping…")
+
+    configure_logging(log_level)
+    try:
+        asyncio.run(go())
+    except SymbioteError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
+DEMO = [
+    ("runs at once (echo needs no approval)", "echo hello from symbiote"),
+    ("asks what you mean (confidence too low)", "say hi"),
+    ("needs your approval (shell.run is risky)", "run uname -a"),
+    ("nothing fits: the agent suggests a new command", "book a flight to Rome"),
+]
+
+
+async def _demo(bus: Bus, home: DataDir) -> None:
+    console.rule("demo")
+    for label, text in DEMO:
+        console.print(f"\n[bold]» say {text!r}[/bold]  [dim]({label})[/dim]")
+        async for row in _say(bus, home, text, timeout_s=20):
+            _print_row(row, compact=True)
+    console.rule()
+
+
+async def _say(bus: Bus, home: DataDir, text: str, *, timeout_s: float, wait: bool = True) -> AsyncIterator[EventRow]:
+    user = home.load_key("user")
+    event = sign_event(make_event("input.text", user.principal, {"text": text}), user)
+    ack = await bus.publish(event)
+    if not wait:
+        return
+    async for row in follow_chain(bus, event.id, ack.seq, timeout_s=timeout_s):
+        yield row
+
+
+# -- say / events -----------------------------------------------------------------------------
+@app.command()
+def say(
+    text: Annotated[str, typer.Argument(help="What you ask for")],
+    wait: Annotated[bool, typer.Option("--wait", help="Print what happens to the request")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait")] = 30.0,
+    data_dir: DataDirOpt = None,
+    nats_url: NatsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Publish a signed typed request (``input.text``)."""
+    home = _home(data_dir)
+
+    async def go() -> None:
+        async with _bus(home, nats_url) as bus:
+            user = home.load_key("user")
+            event = sign_event(make_event("input.text", user.principal, {"text": text}), user)
+            ack = await bus.publish(event)
+            if as_json:
+                print(json.dumps({"id": event.id, "seq": ack.seq, "type": event.type}), flush=True)
+            else:
+                console.print(f"sent {event.id} (seq {ack.seq})")
+            if wait:
+                async for row in follow_chain(bus, event.id, ack.seq, timeout_s=timeout):
+                    _emit(row, as_json)
+
+    _run(go)
+
+
+@app.command()
+def events(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events")] = False,
+    from_seq: Annotated[int, typer.Option("--from", help="First stream sequence")] = 1,
+    data_dir: DataDirOpt = None,
+    nats_url: NatsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the log: seq, subject, type, actor and who verifiably signed."""
+    home = _home(data_dir)
+
+    async def go() -> None:
+        async with _bus(home, nats_url) as bus:
+            async for row in rows(bus, from_seq=from_seq, follow=follow):
+                _emit(row, as_json)
+
+    _run(go)
+
+
+def _emit(row: EventRow, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(row.as_json(), ensure_ascii=False), flush=True)
+    else:
+        _print_row(row)
+
+
+def _print_row(row: EventRow, *, compact: bool = False) -> None:
+    event = row.event
+    signed = ", ".join(row.verified) if row.verified else f"[red]✗ {row.problem}[/red]"
+    if event is None:
+        console.print(f"{row.seq:>6}  {row.subject}  [red]{row.problem}[/red]")
+        return
+    summary = _summary(event.type, event.body)
+    if compact:
+        console.print(f"  {event.type:<28} {summary}")
+    else:
+        console.print(f"{row.seq:>6}  {event.type:<27} {event.actor:<16} [dim]✓ {signed}[/dim]  {summary}")
+
+
+def _summary(kind: str, body: dict[str, Any]) -> str:
+    if kind.startswith("input."):
+        return repr(body.get("text", ""))
+    if kind == "command.proposed":
+        return f"{body.get('command')} {json.dumps(body.get('args'))} confidence={body.get('confidence')}"
+    if kind == "command.denied":
+        return f"[red]{body.get('reason')}[/red]: {body.get('detail')}"
+    if kind == "command.clarify":
+        return str(body.get("question"))
+    if kind == "command.suggested":
+        return f"no command fits; suggest defining {body.get('suggestion', {}).get('name')!r}"
+    if kind == "command.approval_requested":
+        return f"needs {body.get('needs')} of {body.get('principals')}  →  symbiote approve {body.get('command_id')}"
+    if kind in ("command.succeeded", "command.failed"):
+        output = body.get("output", {})
+        text = output.get("stdout") or output.get("text") or output.get("error") or ""
+        return f"exit {body.get('exit_code')}: {str(text).strip()[:200]!r}"
+    if kind == "command.started":
+        return f"in {body.get('sandbox', {}).get('backend')}"
+    if kind in ("key.registered", "key.revoked"):
+        return f"{body.get('principal')} {body.get('kid')}"
+    if kind == "command.defined":
+        return str(body.get("definition", {}).get("name"))
+    return ""
+
+
+# -- keys -------------------------------------------------------------------------------------
+@keys_app.command("list")
+def keys_list(data_dir: DataDirOpt = None, nats_url: NatsOpt = None, as_json: JsonOpt = False) -> None:
+    """Registered keys with their role and validity."""
+    home = _home(data_dir)
+
+    async def go() -> None:
+        async with _bus(home, nats_url) as bus:
+            state = await RegistryFollower(bus).refresh()
+        entries = sorted(state.keyring.keys.values(), key=lambda e: e.registered_seq)
+        if as_json:
+            for e in entries:
+                print(
+                    json.dumps(
+                        {
+                            "kid": e.kid,
+                            "principal": e.principal,
+                            "role": e.role,
+                            "registered_seq": e.registered_seq,
+                            "revoked_seq": e.revoked_seq,
+                        }
+                    )
+                )
+            return
+        table = Table("principal", "role", "kid", "registered at", "revoked at")
+        for e in entries:
+            table.add_row(e.principal, e.role, e.kid, str(e.registered_seq), str(e.revoked_seq or "—"))
+        console.print(table)
+
+    _run(go)
+
+
+@keys_app.command("add")
+def keys_add(
+    name: Annotated[str, typer.Argument(help="Name of the key holder")],
+    role: Annotated[str, typer.Option(help="owner, user, agent or runtime")],
+    public_key: Annotated[str, typer.Option("--public-key", help="Their kid: ed25519:<base64url>")],
+    data_dir: DataDirOpt = None,
+    nats_url: NatsOpt = None,
+) -> None:
+    """Register someone else's public key as ROLE:NAME, signed by the owner key."""
+    home = _home(data_dir)
+    if role not in ("owner", "user", "agent", "runtime"):
+        err.print("[red]error:[/red] role must be owner, user, agent or runtime")
+        raise typer.Exit(2)
+
+    async def go() -> None:
+        public_key_from_kid(public_key)
+        async with _bus(home, nats_url) as bus:
+            seq = await register_key(bus, home.load_key("owner"), public_key, f"{role}:{name}")
+        console.print(f"registered {role}:{name} ({public_key}) at seq {seq}")
+
+    _run(go)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    kid: Annotated[str, typer.Argument(help="The kid to revoke")],
+    data_dir: DataDirOpt = None,
+    nats_url: NatsOpt = None,
+) -> None:
+    """Revoke a key: signatures by it stop counting from this point of the log on."""
+    home = _home(data_dir)
+
+    async def go() -> None:
+        async with _bus(home, nats_url) as bus:
+            state = await RegistryFollower(bus).refresh()
+            entry = state.keyring.entry(kid)
+            if entry is None or entry.revoked_seq is not None:
+                raise SymbioteError("no such active key", kid=kid)
+            seq = await revoke_key(bus, home.load_key("owner"), kid, entry.principal)
+        console.print(f"revoked {entry.principal} ({kid}) at seq {seq}")
+
+    _run(go)
+
+
+# -- commands ---------------------------------------------------------------------------------
+@commands_app.command("list")
+def commands_list(data_dir: DataDirOpt = None, nats_url: NatsOpt = None, as_json: JsonOpt = False) -> None:
+    """Registered commands with their executor and approval policy."""
+    home = _home(data_dir)
+
+    async def go() -> None:
+        async with _bus(home, nats_url) as bus:
+            state = await RegistryFollower(bus).refresh()
+        definitions = state.latest_commands()
+        if as_json:
+            for d in definitions:
+                print(json.dumps(d.to_map()))
+            return
+        table = Table("name", "executor", "approval", "auto confidence", "description")
+        for d in definitions:
+            table.add_row(d.name, d.executor, d.approval.describe(), f"{d.auto_confidence:.2f}", d.description)
+        console.print(table)
+
+    _run(go)
+
+
+@commands_app.command("add")
+def commands_add(
+    file: Annotated[Path, typer.Argument(help="A TOML command definition", exists=True, dir_okay=False)],
+    data_dir: DataDirOpt = None,
+    nats_url: NatsOpt = None,
+) -> None:
+    """Define (or redefine) a command from a TOML file, signed by the owner key."""
+    home = _home(data_dir)
+
+    async def go() -> None:
+        definition = load_definition(file)
+        async with _bus(home, nats_url) as bus:
+            seq = await define_command(bus, home.load_key("owner"), definition)
+        console.print(f"defined {definition.name} at seq {seq}")
+
+    _run(go)
+
+
+def main() -> None:
+    """Entry point of the ``symbiote`` script."""
+    try:
+        app()
+    except BrokenPipeError:
+        sys.stderr.close()
