@@ -8,18 +8,26 @@ and :mod:`symbiote.projections.pgserver`):
 
 ``nats_server``  function scope: a fresh nats-server with JetStream, storing in ``tmp_path``.
 ``nats_url``     function scope: its client URL.
+``pg_data_dir``  function scope: a fresh path for a ``PostgresServer`` data dir (see below).
 ``pg_server``    session scope: one PostgreSQL (+pgvector) for the whole run (initdb is slow).
 ``pg_dsn``       function scope: DSN of a fresh, uniquely named database on ``pg_server``
                  with the ``vector`` extension; dropped afterwards.
 
 The servers are separate processes and the classes are not bound to an event
 loop, so a session-scoped server is usable from function-scoped tests.
+
+PostgreSQL data dirs live directly under the system temp dir, not under
+``tmp_path``: as root, PostgreSQL runs as an unprivileged user that must be
+able to traverse the path, and pytest's base temp dir is private (0700) and is
+re-privatised by every pytest session started on the machine.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,12 +54,29 @@ def nats_url(nats_server: NatsServer) -> str:
     return nats_server.url
 
 
+def _pg_temp_root() -> Path:
+    return Path(tempfile.mkdtemp(prefix="symbiote-test-pg-"))
+
+
+@pytest.fixture
+def pg_data_dir() -> Iterator[Path]:
+    """A not-yet-existing data dir path for a test's own ``PostgresServer``; removed afterwards."""
+    root = _pg_temp_root()
+    try:
+        yield root / "pg"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def pg_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[PostgresServer]:
+async def pg_server() -> AsyncIterator[PostgresServer]:
     """One PostgreSQL server (with pgvector) for the whole test session."""
-    data_dir = tmp_path_factory.mktemp("pg")
-    async with PostgresServer(PostgresServerConfig(data_dir=data_dir)) as server:
-        yield server
+    root = _pg_temp_root()
+    try:
+        async with PostgresServer(PostgresServerConfig(data_dir=root / "pg")) as server:
+            yield server
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest_asyncio.fixture

@@ -321,8 +321,8 @@ async def test_pg_create_and_drop_database(pg_server: PostgresServer) -> None:
 
 
 @pytest.mark.timeout(120)
-async def test_pg_restart_on_existing_data_dir(tmp_path: Path) -> None:
-    config = PostgresServerConfig(data_dir=tmp_path / "pg")
+async def test_pg_restart_on_existing_data_dir(pg_data_dir: Path) -> None:
+    config = PostgresServerConfig(data_dir=pg_data_dir)
     async with PostgresServer(config) as server:
         conn = await asyncpg.connect(server.dsn)
         try:
@@ -346,8 +346,8 @@ async def test_pg_restart_on_existing_data_dir(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
-async def test_pg_stop_leaves_no_process(tmp_path: Path) -> None:
-    server = PostgresServer(PostgresServerConfig(data_dir=tmp_path / "pg"))
+async def test_pg_stop_leaves_no_process(pg_data_dir: Path) -> None:
+    server = PostgresServer(PostgresServerConfig(data_dir=pg_data_dir))
     await server.start()
     try:
         pid = server.pid
@@ -368,8 +368,8 @@ async def test_pg_stop_leaves_no_process(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
-async def test_pg_kill_then_start_recovers(tmp_path: Path) -> None:
-    server = PostgresServer(PostgresServerConfig(data_dir=tmp_path / "pg"))
+async def test_pg_kill_then_start_recovers(pg_data_dir: Path) -> None:
+    server = PostgresServer(PostgresServerConfig(data_dir=pg_data_dir))
     await server.start()
     try:
         conn = await asyncpg.connect(server.dsn)
@@ -393,9 +393,9 @@ async def test_pg_kill_then_start_recovers(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
-async def test_pg_occupied_port_raises_with_log(tmp_path: Path) -> None:
+async def test_pg_occupied_port_raises_with_log(pg_data_dir: Path) -> None:
     with _occupied_port() as port:
-        server = PostgresServer(PostgresServerConfig(data_dir=tmp_path / "pg", port=port))
+        server = PostgresServer(PostgresServerConfig(data_dir=pg_data_dir, port=port))
         with pytest.raises(ServerStartError) as info:
             await server.start()
     log = info.value.fields["log"]
@@ -407,10 +407,10 @@ async def test_pg_occupied_port_raises_with_log(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(30)
-async def test_pg_foreign_data_dir_raises(tmp_path: Path) -> None:
-    server = PostgresServer(PostgresServerConfig(data_dir=tmp_path))
-    (tmp_path / "pgdata").mkdir()
-    (tmp_path / "pgdata" / "something").write_text("not a cluster")
+async def test_pg_foreign_data_dir_raises(pg_data_dir: Path) -> None:
+    server = PostgresServer(PostgresServerConfig(data_dir=pg_data_dir))
+    (pg_data_dir / "pgdata").mkdir(parents=True)
+    (pg_data_dir / "pgdata" / "something").write_text("not a cluster")
     with pytest.raises(ServerStartError) as info:
         await server.start()
     assert "log" in info.value.fields

@@ -403,3 +403,11 @@ def main() -> None:
         app()
     except BrokenPipeError:
         sys.stderr.close()
+
+
+def _register_subcommands() -> None:
+    """Commands that live in their own modules register themselves on ``app``."""
+    import symbiote.cli.approvals  # noqa: F401 - registers approvals, approve, reject
+
+
+_register_subcommands()

@@ -24,6 +24,7 @@ from symbiote.bus.ids import is_event_id, now_ms
 from symbiote.bus.stream import Bus, Delivery, PullConsumer
 from symbiote.dispatcher.executors import Executors, Outcome
 from symbiote.errors import BusError, ConflictError, DecodeError, SymbioteError
+from symbiote.registry.commands import load_life
 from symbiote.registry.definition import CommandDefinition
 from symbiote.registry.follower import RegistryFollower
 from symbiote.registry.policy import (
@@ -32,7 +33,6 @@ from symbiote.registry.policy import (
     check_approval,
     check_proposal,
     eligible_approvers,
-    fold_command,
 )
 from symbiote.signers.keys import SigningKey, sign_event
 
@@ -222,19 +222,9 @@ class Dispatcher:
 
     # -- deciding --------------------------------------------------------------------------
     async def _life(self, command_id: str) -> CommandLife:
-        msgs = await self.bus.history(f"sym.cmd.{command_id}.>", 1)
-        events: list[tuple[int, Envelope]] = []
-        for msg in msgs:
-            try:
-                events.append((msg.seq, from_wire(msg.data)))
-            except DecodeError:
-                continue
-        if msgs:
-            await self.registry.ensure_through(msgs[-1].seq + 1)
-        life = fold_command(command_id, events, self.registry.state)
+        life = await load_life(self.bus, self.registry, command_id)
         if life.proposal is not None:
             self._remember_corr(command_id, life.proposal.corr)
-        life.last_seq = max(life.last_seq, msgs[-1].seq if msgs else 0)
         return life
 
     async def _advance(self, command_id: str, delivery: Delivery | None) -> None:

@@ -7,6 +7,7 @@ A backend that cannot give the requested isolation raises
 
 from symbiote.sandbox.base import Sandbox, SandboxResult, Workspaces
 from symbiote.sandbox.bwrap import BubblewrapSandbox
+from symbiote.sandbox.oci import OciSandbox
 from symbiote.sandbox.profile import SandboxProfile
 
-__all__ = ["BubblewrapSandbox", "Sandbox", "SandboxProfile", "SandboxResult", "Workspaces"]
+__all__ = ["BubblewrapSandbox", "OciSandbox", "Sandbox", "SandboxProfile", "SandboxResult", "Workspaces"]

@@ -100,6 +100,8 @@ class Sandbox(ABC):
     def snapshot(self, workspace: Path) -> Path:
         """Copy ``workspace`` to a new sibling directory and return its path.
 
+        The copy is named ``.<workspace name>.snapshot-*`` (a name no command
+        id can take); removing it when no longer needed is the caller's job.
         Symlinks are copied as links (never followed) and special files
         (FIFOs, sockets, devices) are skipped.
         """

@@ -20,7 +20,10 @@ class SandboxProfile:
     ``network`` is ``None`` for no network at all; a tuple is an allow-list of
     egress domains, which a backend that cannot enforce it must refuse
     (:class:`~symbiote.errors.SandboxUnavailable`) rather than run with an open
-    network. Invalid values raise :class:`~symbiote.errors.SandboxError`.
+    network. ``snapshot`` asks the caller to take :meth:`Sandbox.snapshot`
+    before the run so that :meth:`Sandbox.rollback` can undo it (``run``
+    itself does not snapshot). Invalid values raise
+    :class:`~symbiote.errors.SandboxError`.
     """
 
     network: tuple[str, ...] | None = None

@@ -1,0 +1,161 @@
+"""``symbiote approvals``, ``approve ID`` and ``reject ID``: the terminal side of approvals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from symbiote.bus.envelope import Envelope, make_event
+from symbiote.bus.ids import now_ms
+from symbiote.bus.stream import Bus
+from symbiote.cli.chain import follow_chain, to_jsonable
+from symbiote.cli.main import DataDirOpt, JsonOpt, NatsOpt, _bus, _emit, _home, _run, app, console
+from symbiote.errors import SymbioteError
+from symbiote.home import DataDir
+from symbiote.registry.commands import load_life, pending_approvals
+from symbiote.registry.follower import RegistryFollower
+from symbiote.registry.policy import CommandLife
+from symbiote.signers.keys import SigningKey, sign_event
+
+__all__ = ["describe_pending", "sign_answer"]
+
+KeyOpt = Annotated[Path | None, typer.Option("--key", help="User key file (default: the data dir's user key)")]
+
+
+def describe_pending(life: CommandLife) -> dict[str, Any]:
+    """What a pending command will do, in fields a person (or the phone page) can show."""
+    assert life.proposal is not None
+    definition = life.definition
+    sandbox = definition.sandbox if definition else None
+    return {
+        "command_id": life.command_id,
+        "command": life.proposal.body.get("command"),
+        "args": to_jsonable(life.proposal.body.get("args")),
+        "confidence": life.proposal.body.get("confidence"),
+        "proposed_by": life.proposal.actor,
+        "risk": definition.risk if definition else "unknown",
+        "policy": definition.approval.describe() if definition else "",
+        "sandbox": {
+            "network": "none" if sandbox is None or sandbox.network is None else ", ".join(sandbox.network),
+            "cpu_seconds": sandbox.cpu_seconds if sandbox else None,
+            "memory_mb": sandbox.memory_mb if sandbox else None,
+            "timeout_s": sandbox.timeout_s if sandbox else None,
+        },
+        "needs": definition.approval.quorum if definition else None,
+        "signed_by": sorted(life.approvals),
+        "expires_at": life.approval_expires_at,
+        "digest": life.proposal.digest().hex(),
+    }
+
+
+def sign_answer(proposal: Envelope, key: SigningKey, *, approve: bool) -> Envelope:
+    """A signed ``command.approved`` / ``command.rejected`` over the proposal's digest."""
+    kind = "command.approved" if approve else "command.rejected"
+    body = {"command_id": proposal.id, "digest": proposal.digest()}
+    return sign_event(make_event(kind, key.principal, body, corr=proposal.corr, cause=proposal.id), key)
+
+
+@app.command()
+def approvals(data_dir: DataDirOpt = None, nats_url: NatsOpt = None, as_json: JsonOpt = False) -> None:
+    """Commands waiting for approval: what each will do, its sandbox, who has signed."""
+    home = _home(data_dir)
+
+    async def go() -> None:
+        async with _bus(home, nats_url) as bus:
+            found = [
+                describe_pending(life) for life in await pending_approvals(bus, RegistryFollower(bus), now_ms=now_ms())
+            ]
+        if as_json:
+            for item in found:
+                print(json.dumps(item), flush=True)
+            return
+        if not found:
+            console.print("No command is waiting for approval.")
+            return
+        table = Table("command id", "command", "arguments", "risk", "sandbox", "signed / needs")
+        for item in found:
+            box = item["sandbox"]
+            table.add_row(
+                item["command_id"],
+                item["command"],
+                json.dumps(item["args"]),
+                item["risk"],
+                f"network {box['network']}, {box['memory_mb']} MB, {box['timeout_s']} s",
+                f"{', '.join(item['signed_by']) or '—'} / {item['needs']}",
+            )
+        console.print(table)
+
+    _run(go)
+
+
+async def _answer(bus: Bus, home: DataDir, command_id: str, key_file: Path | None, *, approve: bool) -> Envelope:
+    key = SigningKey.load(key_file, DataDir.passphrase()) if key_file else home.load_key("user")
+    if not key.principal.startswith("user:"):
+        raise SymbioteError("approvals are signed with a user key", principal=key.principal)
+    life = await load_life(bus, RegistryFollower(bus), command_id)
+    if life.proposal is None:
+        raise SymbioteError("no such command", command_id=command_id)
+    if not life.pending_approval:
+        raise SymbioteError(
+            "this command is not waiting for approval", command_id=command_id, state=life.summary()["state"]
+        )
+    event = sign_answer(life.proposal, key, approve=approve)
+    await bus.publish(event)
+    return event
+
+
+def _answer_command(
+    command_id: str,
+    key_file: Path | None,
+    data_dir: Path | None,
+    nats_url: str | None,
+    wait: bool,
+    as_json: bool,
+    *,
+    approve: bool,
+) -> None:
+    home = _home(data_dir)
+
+    async def go() -> None:
+        async with _bus(home, nats_url) as bus:
+            event = await _answer(bus, home, command_id, key_file, approve=approve)
+            console.print(f"{event.type} by {event.actor} ({event.id})")
+            if wait:
+                life = await load_life(bus, RegistryFollower(bus), command_id)
+                corr = life.proposal.corr if life.proposal else None
+                async for row in follow_chain(
+                    bus, corr or command_id, life.last_seq, timeout_s=30, until_approval=True
+                ):
+                    _emit(row, as_json)
+
+    _run(go)
+
+
+@app.command()
+def approve(
+    command_id: Annotated[str, typer.Argument(help="The command id (see `symbiote approvals`)")],
+    key: KeyOpt = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Print what happens next")] = False,
+    data_dir: DataDirOpt = None,
+    nats_url: NatsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sign an approval of exactly this command (its digest) with a user key."""
+    _answer_command(command_id, key, data_dir, nats_url, wait, as_json, approve=True)
+
+
+@app.command()
+def reject(
+    command_id: Annotated[str, typer.Argument(help="The command id (see `symbiote approvals`)")],
+    key: KeyOpt = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Print what happens next")] = False,
+    data_dir: DataDirOpt = None,
+    nats_url: NatsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sign a rejection of this command with a user key; it will not run."""
+    _answer_command(command_id, key, data_dir, nats_url, wait, as_json, approve=False)

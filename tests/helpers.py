@@ -1,0 +1,122 @@
+"""Helpers shared by the spine tests: an initialized data dir, signed events, waiting on the log."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from symbiote.bootstrap import initialize
+from symbiote.bus.envelope import Envelope, from_wire, make_event
+from symbiote.bus.ids import now_ms
+from symbiote.bus.stream import Bus, StoredMsg
+from symbiote.errors import DecodeError
+from symbiote.home import DataDir
+from symbiote.signers.keys import SigningKey, sign_event
+
+
+@dataclass
+class World:
+    """A bus on a real nats-server with an initialized data dir (keys registered, commands defined)."""
+
+    bus: Bus
+    home: DataDir
+
+    @property
+    def owner(self) -> SigningKey:
+        return self.home.load_key("owner")
+
+    @property
+    def agent(self) -> SigningKey:
+        return self.home.load_key("agent")
+
+    @property
+    def runtime(self) -> SigningKey:
+        return self.home.load_key("runtime")
+
+    @property
+    def user(self) -> SigningKey:
+        return self.home.load_key("user")
+
+    def proposal(
+        self,
+        command: str,
+        args: dict[str, Any],
+        *,
+        key: SigningKey | None = None,
+        actor: str | None = None,
+        confidence: float = 0.9,
+        expires_in_ms: int = 60_000,
+    ) -> Envelope:
+        signer = key or self.agent
+        event = make_event(
+            "command.proposed",
+            actor or signer.principal,
+            {"command": command, "args": args, "confidence": confidence, "expires_at": now_ms() + expires_in_ms},
+        )
+        return sign_event(event, signer)
+
+    async def propose(self, command: str, args: dict[str, Any], **kwargs: Any) -> Envelope:
+        event = self.proposal(command, args, **kwargs)
+        await self.bus.publish(event)
+        return event
+
+    async def events(self, subject: str = "sym.>") -> list[tuple[StoredMsg, Envelope | None]]:
+        out: list[tuple[StoredMsg, Envelope | None]] = []
+        async for msg in self.bus.read(subject):
+            try:
+                out.append((msg, from_wire(msg.data)))
+            except DecodeError:
+                out.append((msg, None))
+        return out
+
+    async def command_events(self, command_id: str) -> list[Envelope]:
+        msgs = await self.bus.history(f"sym.cmd.{command_id}.>", 1)
+        out = []
+        for msg in msgs:
+            try:
+                out.append(from_wire(msg.data))
+            except DecodeError:
+                continue  # the undecodable input itself; its denial is what tests look for
+        return out
+
+    async def wait_for(
+        self, command_id: str, predicate: Callable[[list[Envelope]], bool], timeout: float = 10.0
+    ) -> list[Envelope]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            events = await self.command_events(command_id)
+            if predicate(events):
+                return events
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out; events were {[e.type for e in events]}")
+            await asyncio.sleep(0.05)
+
+    async def wait_terminal(self, command_id: str, timeout: float = 10.0) -> Envelope:
+        events = await self.wait_for(command_id, lambda evs: any(is_terminal(e, command_id) for e in evs), timeout)
+        return next(e for e in events if is_terminal(e, command_id))
+
+
+def is_terminal(event: Envelope, command_id: str) -> bool:
+    """``succeeded`` / ``failed``, or a ``denied`` that ends the command (cause = command id)."""
+    if event.type in ("command.succeeded", "command.failed"):
+        return True
+    return event.type == "command.denied" and event.cause == command_id
+
+
+async def make_world(nats_url: str, root: Path) -> World:
+    bus = await Bus.connect(nats_url)
+    await bus.ensure_stream()
+    home = DataDir(root)
+    await initialize(bus, home, name="alice")
+    return World(bus, home)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)

@@ -1,0 +1,261 @@
+"""The dispatcher against a real nats-server and real bubblewrap: every rule, every refusal."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgpack
+import pytest
+import pytest_asyncio
+
+from symbiote.bootstrap import register_key, revoke_key, set_policy
+from symbiote.bus.canonical import canon
+from symbiote.bus.envelope import Envelope, make_event
+from symbiote.bus.ids import new_event_id, now_ms
+from symbiote.bus.server import NatsServer
+from symbiote.dispatcher import Dispatcher, Executors
+from symbiote.registry.definition import ApprovalPolicy
+from symbiote.signers.keys import SigningKey, sign_event
+from tests.helpers import World, eventually, is_terminal, make_world
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest_asyncio.fixture
+async def world(nats_url: str, tmp_path: Path) -> AsyncIterator[World]:
+    w = await make_world(nats_url, tmp_path / "home")
+    try:
+        yield w
+    finally:
+        await w.bus.close()
+
+
+@pytest_asyncio.fixture
+async def dispatcher(world: World, tmp_path: Path) -> AsyncIterator[Dispatcher]:
+    async with Dispatcher(world.bus, world.runtime, Executors(tmp_path / "ws"), expiry_interval_s=0.1) as d:
+        yield d
+
+
+def types(events: list[Envelope]) -> list[str]:
+    return [e.type.rsplit(".", 1)[1] for e in events]
+
+
+async def test_auto_command_runs_once_and_reports(world: World, dispatcher: Dispatcher) -> None:
+    proposal = await world.propose("echo", {"text": "hello"})
+    outcome = await world.wait_terminal(proposal.id)
+    assert outcome.type == "command.succeeded"
+    assert outcome.body["output"] == {"text": "hello"}
+    assert outcome.actor == "runtime:main" and outcome.sigs[0].kid == world.runtime.kid
+    assert types(await world.command_events(proposal.id)) == ["proposed", "started", "succeeded"]
+
+
+async def test_sandboxed_command_writes_only_its_workspace(world: World, dispatcher: Dispatcher, tmp_path: Path) -> None:
+    proposal = await world.propose("note.write", {"name": "todo.txt", "text": "buy milk\n"})
+    outcome = await world.wait_terminal(proposal.id)
+    assert outcome.type == "command.succeeded", outcome.body
+    started = next(e for e in await world.command_events(proposal.id) if e.type == "command.started")
+    assert started.body["sandbox"]["backend"] == "bwrap"
+    assert started.body["sandbox"]["profile"]["network"] is None
+    note = tmp_path / "ws" / proposal.id / "notes" / "todo.txt"
+    assert note.read_text() == "buy milk\n"
+
+
+async def _denial(world: World, command_id: str) -> Envelope:
+    outcome = await world.wait_terminal(command_id)
+    assert outcome.type == "command.denied", outcome
+    return outcome
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("unknown_command", "unknown_command"),
+        ("invalid_args", "invalid_args"),
+        ("expired", "expired"),
+        ("unregistered_key", "unknown_key"),
+        ("user_key_proposes", "wrong_role"),
+        ("agent_key_signs_as_user", "wrong_role"),
+        ("tampered_body", "bad_signature"),
+        ("forged_signature", "bad_signature"),
+        ("unsigned", "bad_signature"),
+    ],
+)
+async def test_bad_proposals_are_denied_with_their_reason(
+    world: World, dispatcher: Dispatcher, case: str, reason: str
+) -> None:
+    if case == "unknown_command":
+        event = world.proposal("rm.everything", {})
+    elif case == "invalid_args":
+        event = world.proposal("echo", {"text": 42})
+    elif case == "expired":
+        event = world.proposal("echo", {"text": "late"}, expires_in_ms=-1)
+    elif case == "unregistered_key":
+        event = world.proposal("echo", {"text": "x"}, key=SigningKey.generate("agent:rogue"))
+    elif case == "user_key_proposes":
+        event = world.proposal("echo", {"text": "x"}, key=world.user)
+    elif case == "agent_key_signs_as_user":
+        event = world.proposal("echo", {"text": "x"}, actor="user:alice")
+    elif case == "tampered_body":
+        event = world.proposal("echo", {"text": "x"}).model_copy(
+            update={"body": {"command": "echo", "args": {"text": "tampered"}, "confidence": 0.9,
+                             "expires_at": now_ms() + 60_000}}
+        )
+    elif case == "forged_signature":
+        signed = world.proposal("echo", {"text": "x"})
+        event = signed.model_copy(update={"sigs": ()}).with_sig(world.agent.kid, b"\x01" * 64)
+    else:
+        event = world.proposal("echo", {"text": "x"}).model_copy(update={"sigs": ()})
+    await world.bus.publish(event)
+    denied = await _denial(world, event.id)
+    assert denied.body["reason"] == reason, denied.body
+    assert denied.body["command_id"] == event.id
+    assert "command.started" not in [e.type for e in await world.command_events(event.id)]
+
+
+async def test_revoked_key_is_denied(world: World, dispatcher: Dispatcher) -> None:
+    await revoke_key(world.bus, world.owner, world.agent.kid, "agent:main")
+    proposal = await world.propose("echo", {"text": "x"})
+    assert (await _denial(world, proposal.id)).body["reason"] == "revoked_key"
+
+
+async def test_malformed_bytes_are_denied_or_counted_and_kept(world: World, dispatcher: Dispatcher) -> None:
+    good = world.proposal("echo", {"text": "x"})
+    raw = msgpack.unpackb(good.to_wire(), raw=False)
+    noncanonical = msgpack.packb(dict(reversed(list(raw.items()))), use_bin_type=True)
+    await world.bus.publish_raw(f"sym.cmd.{good.id}.proposed", noncanonical, msg_id=good.id)
+    assert (await _denial(world, good.id)).body["reason"] == "malformed"
+
+    garbage_id = new_event_id()
+    await world.bus.publish_raw(f"sym.cmd.{garbage_id}.proposed", b"\xc1not msgpack", msg_id=garbage_id)
+    assert (await _denial(world, garbage_id)).body["reason"] == "malformed"
+
+    other = world.proposal("echo", {"text": "y"})
+    big = canon({**msgpack.unpackb(other.to_wire(), raw=False), "pad": b"x" * 300_000})
+    await world.bus.publish_raw(f"sym.cmd.{other.id}.proposed", big, msg_id=other.id)
+    assert (await _denial(world, other.id)).body["reason"] == "malformed"
+
+    mismatched = world.proposal("echo", {"text": "z"})
+    wrong_subject = new_event_id()
+    await world.bus.publish_raw(f"sym.cmd.{wrong_subject}.proposed", mismatched.to_wire(), msg_id=wrong_subject)
+    assert (await _denial(world, wrong_subject)).body["reason"] == "malformed"
+
+    before = dispatcher.counts["rejected_unreadable"]
+    await world.bus.publish_raw("sym.cmd.not-an-id.proposed", b"junk", msg_id=new_event_id())
+    await eventually(lambda: _gt(dispatcher.counts["rejected_unreadable"], before))
+    # nothing is lost: every input is still in the stream
+    subjects = [m.subject for m, _ in await world.events("sym.cmd.>")]
+    assert "sym.cmd.not-an-id.proposed" in subjects
+    assert subjects.count(f"sym.cmd.{garbage_id}.proposed") == 1
+
+
+async def _gt(a: int, b: int) -> bool:
+    return a > b
+
+
+async def test_replayed_proposal_is_denied_as_duplicate_and_runs_once(world: World, dispatcher: Dispatcher) -> None:
+    proposal = await world.propose("echo", {"text": "once"})
+    await world.wait_terminal(proposal.id)
+    # replay the same signed bytes after the fact (a different Nats-Msg-Id defeats de-duplication)
+    await world.bus.publish_raw(f"sym.cmd.{proposal.id}.proposed", proposal.to_wire(), msg_id=new_event_id())
+    events = await world.wait_for(
+        proposal.id, lambda evs: any(e.type == "command.denied" and e.body["reason"] == "duplicate" for e in evs)
+    )
+    assert types(events).count("started") == 1
+    assert types(events).count("succeeded") == 1
+    duplicate = next(e for e in events if e.type == "command.denied")
+    assert duplicate.cause is None, "a note about a replay does not end the command"
+
+
+async def test_same_event_id_is_deduplicated_by_the_stream(world: World, dispatcher: Dispatcher) -> None:
+    proposal = world.proposal("echo", {"text": "dedupe"})
+    first = await world.bus.publish(proposal)
+    second = await world.bus.publish(proposal)
+    assert second.duplicate and second.seq == first.seq
+
+
+async def test_crash_after_start_gives_outcome_unknown_unless_idempotent(world: World, tmp_path: Path) -> None:
+    # a command whose "started" exists but whose outcome was never written (the executor died)
+    results = {}
+    for command, args in (("note.write", {"name": "a.txt", "text": "x"}), ("echo", {"text": "again"})):
+        proposal = world.proposal(command, args)
+        ack = await world.bus.publish(proposal)
+        started = sign_event(
+            make_event("command.started", "runtime:main", {"command_id": proposal.id, "sandbox": {}},
+                       cause=proposal.id),
+            world.runtime,
+        )
+        await world.bus.publish(started, expect_last_seq=ack.seq, expect_subject=f"sym.cmd.{proposal.id}.>")
+        results[command] = proposal.id
+    async with Dispatcher(world.bus, world.runtime, Executors(tmp_path / "ws")):
+        unknown = await world.wait_terminal(results["note.write"])
+        rerun = await world.wait_terminal(results["echo"])
+    assert unknown.type == "command.denied" and unknown.body["reason"] == "outcome_unknown"
+    assert rerun.type == "command.succeeded", "echo is idempotent: it is re-run"
+
+
+async def test_no_approver_means_not_permitted(world: World, dispatcher: Dispatcher) -> None:
+    await set_policy(world.bus, world.owner, "shell.run", ApprovalPolicy(mode="user", principals=["user:nobody"]))
+    proposal = await world.propose("shell.run", {"argv": ["true"]})
+    denied = await _denial(world, proposal.id)
+    assert denied.body["reason"] == "not_permitted"
+
+
+async def test_policy_is_judged_at_the_proposal_position(world: World, dispatcher: Dispatcher) -> None:
+    # shell.run made auto by a policy change: proposals after it run without approval, and
+    # proposals before a later tightening keep the policy they were judged with.
+    await set_policy(world.bus, world.owner, "shell.run", ApprovalPolicy(mode="none"))
+    proposal = await world.propose("shell.run", {"argv": ["echo", "policy"]})
+    outcome = await world.wait_terminal(proposal.id)
+    assert outcome.type == "command.succeeded" and outcome.body["output"]["stdout"] == "policy\n"
+    await set_policy(world.bus, world.owner, "shell.run", ApprovalPolicy(mode="user"))
+    later = await world.propose("shell.run", {"argv": ["echo", "later"]})
+    await world.wait_for(later.id, lambda evs: "command.approval_requested" in [e.type for e in evs])
+
+
+async def test_two_dispatchers_never_run_a_command_twice(world: World, tmp_path: Path) -> None:
+    ids = []
+    async with (
+        Dispatcher(world.bus, world.runtime, Executors(tmp_path / "ws1")),
+        Dispatcher(world.bus, world.runtime, Executors(tmp_path / "ws2")),
+    ):
+        for i in range(100):
+            ids.append((await world.propose("echo", {"text": str(i)})).id)
+        for cid in ids:
+            await world.wait_terminal(cid)
+    for cid in ids:
+        kinds = types(await world.command_events(cid))
+        assert kinds.count("started") == 1 and kinds.count("succeeded") == 1, kinds
+
+
+async def test_consumers_survive_a_nats_server_restart(world: World, dispatcher: Dispatcher,
+                                                       nats_server: NatsServer) -> None:
+    first = await world.propose("echo", {"text": "before"})
+    await world.wait_terminal(first.id)
+    await nats_server.restart()
+    second = await world.propose("echo", {"text": "after"})
+    outcome = await world.wait_terminal(second.id, timeout=30)
+    assert outcome.type == "command.succeeded"
+
+
+async def test_unknown_key_registered_later_does_not_count_earlier(world: World, dispatcher: Dispatcher) -> None:
+    newcomer = SigningKey.generate("agent:late")
+    early = world.proposal("echo", {"text": "x"}, key=newcomer)
+    await world.bus.publish(early)
+    assert (await _denial(world, early.id)).body["reason"] == "unknown_key"
+    await register_key(world.bus, world.owner, newcomer.kid, "agent:late")
+    late = await world.propose("echo", {"text": "x"}, key=newcomer)
+    assert (await world.wait_terminal(late.id)).type == "command.succeeded"
+
+
+async def test_bad_input_does_not_stop_the_dispatcher(world: World, dispatcher: Dispatcher) -> None:
+    for _ in range(20):
+        cid = new_event_id()
+        await world.bus.publish_raw(f"sym.cmd.{cid}.proposed", b"\x92\x01", msg_id=cid)
+        await world.bus.publish_raw(f"sym.cmd.{cid}.approved", b"\xff", msg_id=new_event_id())
+    proposal = await world.propose("echo", {"text": "still alive"})
+    assert (await world.wait_terminal(proposal.id)).type == "command.succeeded"
+    assert not dispatcher._task.done()  # type: ignore[union-attr]
+    await asyncio.sleep(0)
+    assert is_terminal(await world.wait_terminal(proposal.id), proposal.id)
