@@ -51,7 +51,9 @@ async def test_auto_command_runs_once_and_reports(world: World, dispatcher: Disp
     assert types(await world.command_events(proposal.id)) == ["proposed", "started", "succeeded"]
 
 
-async def test_sandboxed_command_writes_only_its_workspace(world: World, dispatcher: Dispatcher, tmp_path: Path) -> None:
+async def test_sandboxed_command_writes_only_its_workspace(
+    world: World, dispatcher: Dispatcher, tmp_path: Path
+) -> None:
     proposal = await world.propose("note.write", {"name": "todo.txt", "text": "buy milk\n"})
     outcome = await world.wait_terminal(proposal.id)
     assert outcome.type == "command.succeeded", outcome.body
@@ -99,8 +101,14 @@ async def test_bad_proposals_are_denied_with_their_reason(
         event = world.proposal("echo", {"text": "x"}, actor="user:alice")
     elif case == "tampered_body":
         event = world.proposal("echo", {"text": "x"}).model_copy(
-            update={"body": {"command": "echo", "args": {"text": "tampered"}, "confidence": 0.9,
-                             "expires_at": now_ms() + 60_000}}
+            update={
+                "body": {
+                    "command": "echo",
+                    "args": {"text": "tampered"},
+                    "confidence": 0.9,
+                    "expires_at": now_ms() + 60_000,
+                }
+            }
         )
     elif case == "forged_signature":
         signed = world.proposal("echo", {"text": "x"})
@@ -182,8 +190,9 @@ async def test_crash_after_start_gives_outcome_unknown_unless_idempotent(world: 
         proposal = world.proposal(command, args)
         ack = await world.bus.publish(proposal)
         started = sign_event(
-            make_event("command.started", "runtime:main", {"command_id": proposal.id, "sandbox": {}},
-                       cause=proposal.id),
+            make_event(
+                "command.started", "runtime:main", {"command_id": proposal.id, "sandbox": {}}, cause=proposal.id
+            ),
             world.runtime,
         )
         await world.bus.publish(started, expect_last_seq=ack.seq, expect_subject=f"sym.cmd.{proposal.id}.>")
@@ -229,8 +238,9 @@ async def test_two_dispatchers_never_run_a_command_twice(world: World, tmp_path:
         assert kinds.count("started") == 1 and kinds.count("succeeded") == 1, kinds
 
 
-async def test_consumers_survive_a_nats_server_restart(world: World, dispatcher: Dispatcher,
-                                                       nats_server: NatsServer) -> None:
+async def test_consumers_survive_a_nats_server_restart(
+    world: World, dispatcher: Dispatcher, nats_server: NatsServer
+) -> None:
     first = await world.propose("echo", {"text": "before"})
     await world.wait_terminal(first.id)
     await nats_server.restart()

@@ -56,8 +56,9 @@ def test_canon_sorts_keys_by_utf8_bytes_at_every_depth() -> None:
 
 def _valid_wire() -> bytes:
     key = SigningKey.generate("agent:t")
-    event = make_event("command.proposed", "agent:t", {"command": "echo", "args": {"text": "x"},
-                                                        "confidence": 0.5, "expires_at": 1})
+    event = make_event(
+        "command.proposed", "agent:t", {"command": "echo", "args": {"text": "x"}, "confidence": 0.5, "expires_at": 1}
+    )
     return sign_event(event, key).to_wire()
 
 
@@ -65,8 +66,12 @@ def _valid_wire() -> bytes:
     ("name", "mutate"),
     [
         ("unsorted keys", lambda m: msgpack.packb(dict(reversed(list(m.items()))), use_bin_type=True)),
-        ("float32", lambda m: msgpack.packb({**m, "body": {**m["body"], "confidence": 0.5}}, use_bin_type=True,
-                                            use_single_float=True)),
+        (
+            "float32",
+            lambda m: msgpack.packb(
+                {**m, "body": {**m["body"], "confidence": 0.5}}, use_bin_type=True, use_single_float=True
+            ),
+        ),
         ("str as bin", lambda m: msgpack.packb({**m, "actor": b"agent:t"}, use_bin_type=True)),
         ("extra key", lambda m: canon({**m, "x": 1})),
         ("missing key", lambda m: canon({k: v for k, v in m.items() if k != "corr"})),
@@ -107,8 +112,11 @@ def test_duplicate_map_keys_rejected() -> None:
 def test_oversized_rejected_with_readable_id() -> None:
     key = SigningKey.generate("agent:t")
     event = sign_event(
-        make_event("command.proposed", "agent:t", {"command": "echo", "args": {"text": "x" * (MAX_EVENT_BYTES + 10)},
-                                                     "confidence": 0.5, "expires_at": 1}),
+        make_event(
+            "command.proposed",
+            "agent:t",
+            {"command": "echo", "args": {"text": "x" * (MAX_EVENT_BYTES + 10)}, "confidence": 0.5, "expires_at": 1},
+        ),
         key,
     )
     data = event.to_wire()
@@ -118,8 +126,9 @@ def test_oversized_rejected_with_readable_id() -> None:
 
 
 def test_body_models_and_subjects() -> None:
-    event = make_event("command.denied", "runtime:main", {"command_id": new_event_id(), "reason": "expired",
-                                                          "detail": "x"})
+    event = make_event(
+        "command.denied", "runtime:main", {"command_id": new_event_id(), "reason": "expired", "detail": "x"}
+    )
     parse_body(event)
     assert subject_for(event).endswith(".denied")
     bad = make_event("command.denied", "runtime:main", {"command_id": new_event_id(), "reason": "nope", "detail": ""})

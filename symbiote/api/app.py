@@ -1,0 +1,664 @@
+"""The HTTPS API and the phone page: read the log, post signed events, pair a phone.
+
+Every write is a signed event that the server verifies against the registry before it is
+appended; no endpoint runs anything — the dispatcher decides from the log, as always.
+
+Routes (all under ``/api``; the page is served from ``/``):
+
+``GET  /api/health``            liveness, log position, certificate fingerprint
+``GET  /api/events``            the log, paged from a sequence, with verified signers
+``GET  /api/commands``          commands' folded states, most recent first
+``GET  /api/commands/{id}``     one command with its events
+``GET  /api/approvals``         commands waiting for approval, described in plain words
+``GET  /api/approvals/stream``  the same, live, as server-sent events
+``POST /api/approvals``         a signed ``command.approved`` / ``command.rejected``
+``POST /api/requests``          a signed ``input.text``
+``POST /api/pair``              register a phone's key with a one-time code
+``GET  /api/keys``              what a kid is registered as (the page checks its own key)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import mimetypes
+import socket
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import structlog
+import uvicorn
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from symbiote.api.board import ApprovalBoard
+from symbiote.api.models import CommandView, PendingApproval, view_of
+from symbiote.api.notify import Notifier
+from symbiote.api.pairing import PairingError, PairingStore, normalize_code, proof_message
+from symbiote.api.tls import TlsMaterial, ensure_certificate, format_fingerprint, lan_addresses
+from symbiote.api.wire import b64decode, envelope_from_json, event_json
+from symbiote.bootstrap import register_key
+from symbiote.bus.envelope import Envelope, from_wire
+from symbiote.bus.events import CommandApproved, CommandRejected, parse_body
+from symbiote.bus.ids import now_ms
+from symbiote.bus.stream import Bus
+from symbiote.errors import DecodeError, ServerStartError, SignatureError, SymbioteError
+from symbiote.home import DataDir
+from symbiote.registry.policy import Denial, check_approval
+from symbiote.registry.state import REGISTRY_TYPES
+from symbiote.signers.keys import public_key_from_kid, verify_sig
+
+__all__ = [
+    "MAX_CLOCK_SKEW_MS",
+    "STATIC_DIR",
+    "AcceptedEvent",
+    "ApiRefusal",
+    "ApiServer",
+    "EventPage",
+    "EventRow",
+    "KeyInfo",
+    "PairRequest",
+    "PairResult",
+    "Submission",
+    "create_app",
+]
+
+log = structlog.get_logger("symbiote.api")
+STATIC_DIR = Path(__file__).parent / "static"
+MAX_CLOCK_SKEW_MS = 10 * 60 * 1000
+_INPUT_ROLES = frozenset({"user", "owner"})
+_SIGNATURE_REASONS = frozenset({"bad_signature", "unknown_key", "revoked_key"})
+_DENIAL_STATUS = {"approval_digest_mismatch": 422, "not_permitted": 403, "wrong_role": 403, "malformed": 400}
+mimetypes.add_type("application/manifest+json", ".webmanifest")
+mimetypes.add_type("text/javascript", ".js")
+
+
+class ApiRefusal(SymbioteError):
+    """A request the API refuses: an HTTP ``status``, a reason code and a sentence for people."""
+
+    def __init__(self, status: int, reason: str, detail: str, **fields: Any) -> None:
+        super().__init__(detail, **fields)
+        self.status = status
+        self.reason = reason
+
+
+# -- request and response bodies --------------------------------------------------------------
+class Submission(BaseModel):
+    """A signed event: its canonical wire bytes (base64), or the envelope as JSON with bin as base64."""
+
+    wire: str | None = Field(None, description="canonical msgpack wire bytes, base64")
+    event: dict[str, Any] | None = Field(
+        None, description='the envelope as JSON; signatures and bin values as base64 (bin in the body as {"$bin": …})'
+    )
+
+
+class AcceptedEvent(BaseModel):
+    """An event the API verified and appended to the log."""
+
+    id: str
+    type: str
+    seq: int
+    command_id: str | None = None
+
+
+class PairRequest(BaseModel):
+    """A phone's new public key, the one-time code, and its signature over :func:`proof_message`."""
+
+    code: str = Field(description="the one-time code `symbiote keys pair` printed")
+    kid: str = Field(description="ed25519:<unpadded base64url of the raw 32-byte public key>")
+    proof: str = Field(description="base64 Ed25519 signature of b'symbiote/pair/v1\\0' + code + b'\\0' + kid")
+
+
+class PairResult(BaseModel):
+    """The registered key."""
+
+    principal: str
+    kid: str
+    seq: int
+
+
+class KeyInfo(BaseModel):
+    """What a kid is registered as."""
+
+    kid: str
+    principal: str
+    role: str
+    active: bool
+    registered_seq: int
+    revoked_seq: int | None = None
+
+
+class EventRow(BaseModel):
+    """One stored event with the principals whose signatures verify at its position."""
+
+    seq: int
+    subject: str
+    event: dict[str, Any] | None = Field(None, description="the envelope as JSON (bin as base64)")
+    verified: list[str] = Field(default_factory=list)
+    problem: str | None = None
+
+
+class EventPage(BaseModel):
+    """A page of the log; ask again with ``from_seq=next_seq`` for more."""
+
+    events: list[EventRow]
+    next_seq: int
+
+
+class CommandDetail(BaseModel):
+    """One command: its folded state and its events."""
+
+    command: CommandView
+    events: list[EventRow]
+
+
+class Health(BaseModel):
+    ok: bool
+    position: int
+    fingerprint: str | None = Field(None, description="SHA-256 of the TLS certificate, AB:CD:… form")
+
+
+def _refusal(exc: ApiRefusal) -> JSONResponse:
+    return JSONResponse({"error": exc.reason, "detail": exc.message}, status_code=exc.status)
+
+
+class _SecurityHeaders:
+    """Adds a strict content security policy (not on the OpenAPI docs page) and no-cache to responses."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = str(scope.get("path", ""))
+
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"x-content-type-options", b"nosniff"))
+                headers.append((b"referrer-policy", b"no-referrer"))
+                if not path.startswith("/docs"):
+                    headers.append((b"content-security-policy", _CSP))
+                if not path.startswith("/api/"):
+                    headers.append((b"cache-control", b"no-cache"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, wrapped)
+
+
+_CSP = (
+    b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    b"manifest-src 'self'; worker-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+
+
+# -- the app ----------------------------------------------------------------------------------
+def create_app(
+    bus: Bus,
+    home: DataDir,
+    *,
+    board: ApprovalBoard | None = None,
+    fingerprint: str | None = None,
+) -> FastAPI:
+    """The API and the page. Without ``board`` the app makes its own, started on first use and
+    stopped with the app's lifespan; :class:`ApiServer` passes one it runs itself."""
+    own_board = board is None
+    the_board = board if board is not None else ApprovalBoard(bus)
+    pairing = PairingStore(home.root)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if own_board:
+                await the_board.stop()
+
+    app = FastAPI(
+        title="symbiote",
+        version="1",
+        summary="Read the signed event log, post signed events, approve commands from a paired phone.",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.board = the_board
+    app.add_middleware(_SecurityHeaders)
+
+    @app.exception_handler(ApiRefusal)
+    async def _on_refusal(_: Request, exc: ApiRefusal) -> JSONResponse:
+        return _refusal(exc)
+
+    async def get_board() -> ApprovalBoard:
+        await the_board.start()
+        return the_board
+
+    BoardDep = Annotated[ApprovalBoard, Depends(get_board)]
+
+    @app.get("/api/health", tags=["meta"])
+    async def health(b: BoardDep) -> Health:
+        """Liveness, the API's log position and the certificate fingerprint."""
+        return Health(
+            ok=True, position=b.position, fingerprint=format_fingerprint(fingerprint) if fingerprint else None
+        )
+
+    @app.get("/api/events", tags=["log"])
+    async def events(
+        b: BoardDep,
+        from_seq: Annotated[int, Query(ge=1, description="first stream sequence")] = 1,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+        subject: Annotated[str, Query(pattern=r"^sym(\.[A-Za-z0-9_*>-]+)*(\.>)?$|^sym\.>$")] = "sym.>",
+    ) -> EventPage:
+        """The log from ``from_seq`` on, each event with the principals whose signatures verify."""
+        msgs = await bus.history(subject, from_seq, limit)
+        if msgs:
+            await b.wait_through(msgs[-1].seq)
+        rows = [_row(b, m.seq, m.subject, m.data) for m in msgs]
+        return EventPage(events=rows, next_seq=(msgs[-1].seq + 1) if msgs else from_seq)
+
+    @app.get("/api/commands", tags=["commands"])
+    async def commands(
+        b: BoardDep,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+        state: Annotated[str | None, Query(description="only commands in this state")] = None,
+    ) -> list[CommandView]:
+        """Commands' folded states, the most recently changed first."""
+        await b.sync()
+        return b.commands(limit=limit, state=state)
+
+    @app.get("/api/commands/{command_id}", tags=["commands"])
+    async def command(b: BoardDep, command_id: str) -> CommandDetail:
+        """One command's state and its events."""
+        await b.sync()
+        life = b.life(command_id)
+        if life is None:
+            raise ApiRefusal(404, "unknown_command", "no such command", command_id=command_id)
+        rows = [_row(b, seq, f"sym.cmd.{command_id}", event.to_wire()) for seq, event in life.events]
+        return CommandDetail(command=view_of(life), events=rows)
+
+    @app.get("/api/approvals", tags=["approvals"])
+    async def approvals(b: BoardDep) -> list[PendingApproval]:
+        """Commands waiting for approval: what they do, their risk and sandbox in plain words, who may
+        sign and who has, the digest to sign and the proposal's wire bytes to check it against."""
+        await b.sync()
+        return b.pending()
+
+    @app.get(
+        "/api/approvals/stream",
+        tags=["approvals"],
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def approvals_stream(b: BoardDep) -> StreamingResponse:
+        """Server-sent events: ``approvals`` (the whole pending list and recent commands, on every
+        change) and ``announce`` (one newly pending approval)."""
+        return StreamingResponse(
+            _sse(b),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    @app.post("/api/approvals", status_code=202, tags=["approvals"])
+    async def answer(b: BoardDep, submission: Submission) -> AcceptedEvent:
+        """Append a user-signed ``command.approved`` / ``command.rejected`` after verifying it."""
+        event = _decode_submission(submission)
+        command_id = await _check_answer(b, event)
+        ack = await bus.publish(event)
+        if ack.duplicate:
+            raise ApiRefusal(409, "duplicate", "this event was already appended", event_id=event.id)
+        log.info("api.answer", event_id=event.id, type=event.type, command_id=command_id, actor=event.actor)
+        return AcceptedEvent(id=event.id, type=event.type, seq=ack.seq, command_id=command_id)
+
+    @app.post("/api/requests", status_code=202, tags=["requests"])
+    async def request(b: BoardDep, submission: Submission) -> AcceptedEvent:
+        """Append a signed ``input.text`` after verifying its signature against the registry."""
+        event = _decode_submission(submission)
+        if event.type != "input.text":
+            raise ApiRefusal(400, "wrong_type", f"expected input.text, got {event.type}")
+        _parse(event)
+        _check_clock(event)
+        await b.sync()
+        _check_signers(b, event, _INPUT_ROLES)
+        if b.input_text(event.id) is not None:
+            raise ApiRefusal(409, "duplicate", "this request was already appended", event_id=event.id)
+        ack = await bus.publish(event)
+        if ack.duplicate:
+            raise ApiRefusal(409, "duplicate", "this request was already appended", event_id=event.id)
+        log.info("api.request", event_id=event.id, actor=event.actor)
+        return AcceptedEvent(id=event.id, type=event.type, seq=ack.seq)
+
+    @app.post("/api/pair", status_code=201, tags=["pairing"])
+    async def pair(b: BoardDep, body: PairRequest) -> PairResult:
+        """Register a phone's public key as the user the one-time code was issued for."""
+        try:
+            code = normalize_code(body.code)
+            public_key_from_kid(body.kid)
+        except (PairingError, SignatureError) as exc:
+            raise ApiRefusal(400, "malformed", exc.message) from exc
+        try:
+            proof = b64decode(body.proof)
+        except DecodeError as exc:
+            raise ApiRefusal(400, "malformed", "proof is not base64") from exc
+        if not verify_sig(body.kid, proof, proof_message(code, body.kid)):
+            raise ApiRefusal(401, "bad_signature", "the proof is not a signature by this key of the code")
+        await b.sync()
+        if b.state.keyring.entry(body.kid) is not None:
+            raise ApiRefusal(409, "duplicate", "this key is already registered", kid=body.kid)
+        try:
+            ticket = pairing.claim(code)
+        except PairingError as exc:
+            raise ApiRefusal(403, "pairing_refused", exc.message) from exc
+        try:
+            owner = home.load_key("owner")
+        except SymbioteError as exc:
+            raise ApiRefusal(503, "no_owner_key", f"the API cannot load the owner key: {exc.message}") from exc
+        seq = await register_key(bus, owner, body.kid, ticket.principal)
+        await b.wait_through(seq)
+        entry = b.state.keyring.entry(body.kid)
+        if entry is None or entry.registered_seq != seq:
+            raise ApiRefusal(500, "not_registered", "the registration was appended but did not take effect", seq=seq)
+        pairing.write_receipt(code, {"principal": ticket.principal, "kid": body.kid, "seq": seq})
+        log.info("api.paired", principal=ticket.principal, kid=body.kid, seq=seq)
+        return PairResult(principal=ticket.principal, kid=body.kid, seq=seq)
+
+    @app.get("/api/keys", tags=["pairing"])
+    async def key_info(b: BoardDep, kid: Annotated[str, Query(description="the kid to look up")]) -> KeyInfo:
+        """What ``kid`` is registered as, and whether it is still valid."""
+        await b.sync()
+        entry = b.state.keyring.entry(kid)
+        if entry is None:
+            raise ApiRefusal(404, "unknown_key", "this key is not registered", kid=kid)
+        return KeyInfo(
+            kid=entry.kid,
+            principal=entry.principal,
+            role=entry.role,
+            active=entry.revoked_seq is None,
+            registered_seq=entry.registered_seq,
+            revoked_seq=entry.revoked_seq,
+        )
+
+    app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="page")
+    return app
+
+
+# -- verification -----------------------------------------------------------------------------
+def _decode_submission(submission: Submission) -> Envelope:
+    if (submission.wire is None) == (submission.event is None):
+        raise ApiRefusal(400, "malformed", "send exactly one of `wire` and `event`")
+    try:
+        if submission.wire is not None:
+            return from_wire(b64decode(submission.wire))
+        assert submission.event is not None
+        return envelope_from_json(submission.event)
+    except DecodeError as exc:
+        raise ApiRefusal(400, "malformed", str(exc)) from exc
+
+
+def _parse(event: Envelope) -> Any:
+    try:
+        return parse_body(event)
+    except DecodeError as exc:
+        raise ApiRefusal(400, "malformed", f"{exc.message}: {exc.fields.get('error', '')}"[:500]) from exc
+
+
+def _check_clock(event: Envelope) -> None:
+    skew = event.at - now_ms()
+    if abs(skew) > MAX_CLOCK_SKEW_MS:
+        raise ApiRefusal(422, "clock_skew", f"the event's time is {skew / 1000:+.0f} s off the server's clock")
+
+
+def _check_signers(board: ApprovalBoard, event: Envelope, roles: frozenset[str]) -> None:
+    verdict = board.state.keyring.verify(event, board.position + 1)
+    if not verdict.ok:
+        status = 401 if verdict.reason in _SIGNATURE_REASONS else 403
+        raise ApiRefusal(status, verdict.reason or "bad_signature", verdict.detail)
+    if event.actor_role not in roles or any(c.role not in roles for c in verdict.checks):
+        raise ApiRefusal(403, "wrong_role", f"{event.type} must be signed by {' or '.join(sorted(roles))} keys")
+
+
+async def _check_answer(board: ApprovalBoard, event: Envelope) -> str:
+    """Everything the dispatcher will check, checked now so that a bad answer gets a 4xx instead
+    of a denial note in the log. Returns the command id."""
+    if event.type not in ("command.approved", "command.rejected"):
+        raise ApiRefusal(400, "wrong_type", f"expected command.approved or command.rejected, got {event.type}")
+    body = _parse(event)
+    assert isinstance(body, (CommandApproved, CommandRejected))
+    _check_clock(event)
+    await board.sync()
+    _check_signers(board, event, frozenset({"user"}))
+    life = board.life(body.command_id)
+    if life is None or life.proposal is None or life.definition is None:
+        raise ApiRefusal(404, "unknown_command", "no such command", command_id=body.command_id)
+    if any(e.id == event.id for _, e in life.events):
+        raise ApiRefusal(409, "duplicate", "this answer was already appended", event_id=event.id)
+    if not life.pending_approval or life.rejected_by:
+        state = "rejected" if life.rejected_by else life.summary()["state"]
+        raise ApiRefusal(409, "not_pending", f"the command is not awaiting approval (it is {state})")
+    if life.approval_expires_at is not None and life.approval_expires_at <= board.clock():
+        raise ApiRefusal(409, "expired", "the approval request has expired")
+    check = check_approval(board.state, life.proposal, life.definition, event, board.position + 1)
+    if isinstance(check, Denial):
+        raise ApiRefusal(_DENIAL_STATUS.get(check.reason, 403), check.reason, check.detail)
+    if check.approve and check.principal in life.approvals:
+        raise ApiRefusal(409, "duplicate", f"{check.principal} has already approved this command")
+    return life.command_id
+
+
+def _row(board: ApprovalBoard, seq: int, subject: str, data: bytes) -> EventRow:
+    try:
+        event = from_wire(data)
+    except DecodeError as exc:
+        return EventRow(seq=seq, subject=subject, problem=f"undecodable: {exc}")
+    if event.type in REGISTRY_TYPES and subject.startswith("sym.reg."):
+        verdict = board.registry_verdicts.get(seq)
+        if verdict is None:
+            return EventRow(seq=seq, subject=subject, event=event_json(event), problem="not applied")
+    else:
+        verdict = board.state.keyring.verify(event, seq)
+    problem = None if verdict.ok else f"{verdict.reason}: {verdict.detail}"
+    return EventRow(
+        seq=seq,
+        subject=subject,
+        event=event_json(event),
+        verified=verdict.principals if verdict.ok else [],
+        problem=problem,
+    )
+
+
+async def _sse(board: ApprovalBoard) -> AsyncIterator[bytes]:
+    async with board.channel.subscribe() as queue:
+        yield b"retry: 2000\n\n"
+        yield board.snapshot_message().encode()
+        while True:
+            try:
+                message = await asyncio.wait_for(queue.get(), 15.0)
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            if message is None:
+                return
+            yield message.encode()
+
+
+# -- the server -------------------------------------------------------------------------------
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the process that embeds it owns SIGINT / SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+class ApiServer:
+    """The API over HTTPS, in-process: ``async with ApiServer(bus, home, host, port) as api``.
+
+    Creates (once) the self-signed certificate under ``home.tls_dir``. ``port=0`` picks a free
+    port. ``url`` is where this machine reaches it, ``public_url`` where a phone on the LAN does,
+    ``fingerprint`` the certificate's SHA-256 (``AB:CD:…``).
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        home: DataDir,
+        host: str = "127.0.0.1",
+        port: int = 8443,
+        *,
+        notifiers: Sequence[Notifier] = (),
+        present: Callable[[PendingApproval], PendingApproval] | None = None,
+        log_level: str = "warning",
+    ) -> None:
+        self.bus = bus
+        self.home = home
+        self.host = host
+        self.port = port
+        self.board = ApprovalBoard(bus, notifiers=notifiers, present=present)
+        self.tls: TlsMaterial | None = None
+        self.app: FastAPI | None = None
+        self.log_level = log_level
+        self._server: _EmbeddedServer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._sock: socket.socket | None = None
+        self._state = "new"
+
+    # -- addresses -------------------------------------------------------------------------
+    @property
+    def bound_port(self) -> int:
+        """The port actually listened on (differs from ``port`` when that was 0)."""
+        if self._sock is None:
+            raise ServerStartError("the API server is not started")
+        return int(self._sock.getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        """``https://HOST:PORT`` as reachable from this machine."""
+        return f"https://{_url_host(_local_host(self.host))}:{self.bound_port}"
+
+    @property
+    def public_url(self) -> str:
+        """``https://HOST:PORT`` for other devices: a LAN address when listening on all interfaces."""
+        host = self.host
+        if _unspecified(host):
+            addresses = lan_addresses()
+            host = addresses[0] if addresses else _local_host(host)
+        return f"https://{_url_host(host)}:{self.bound_port}"
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the certificate, ``AB:CD:…``."""
+        if self.tls is None:
+            raise ServerStartError("the API server is not started")
+        return self.tls.fingerprint_colons
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Create the certificate if needed, start the board, listen, and return once serving."""
+        if self._state != "new":
+            return
+        self._state = "starting"
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+        self._state = "running"
+
+    async def _start(self) -> None:
+        self.tls = ensure_certificate(self.home.tls_dir, hosts=[self.host])
+        await self.board.start()
+        self.app = create_app(self.bus, self.home, board=self.board, fingerprint=self.tls.fingerprint)
+        self._sock = _listen(self.host, self.port)
+        config = uvicorn.Config(
+            self.app,
+            ssl_certfile=str(self.tls.cert_path),
+            ssl_keyfile=str(self.tls.key_path),
+            log_config=None,
+            log_level=self.log_level,
+            access_log=False,
+            lifespan="off",
+            ws="none",
+            server_header=False,
+            proxy_headers=False,
+            timeout_graceful_shutdown=2,
+        )
+        server = _EmbeddedServer(config)
+        self._server = server
+        self._task = asyncio.create_task(server.serve(sockets=[self._sock]), name="api-server")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while not server.started:
+            if self._task.done():
+                error = self._task.exception() if not self._task.cancelled() else None
+                raise ServerStartError("the API server did not start", error=repr(error))
+            if loop.time() > deadline:
+                raise ServerStartError("the API server did not start in time")
+            await asyncio.sleep(0.01)
+        log.info("api.up", url=self.url, public_url=self.public_url, fingerprint=self.fingerprint)
+
+    async def stop(self) -> None:
+        """Stop serving (open streams end), then the board; idempotent."""
+        if self._state == "stopped":
+            return
+        self._state = "stopped"
+        self.board.channel.close()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._task is not None:
+            try:
+                await self._task
+            except (asyncio.CancelledError, SystemExit) as exc:
+                log.warning("api.stop", error=repr(exc))
+        await self.board.stop()
+        if self._sock is not None:
+            self._sock.close()
+
+    async def __aenter__(self) -> ApiServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def _unspecified(host: str) -> bool:
+    return host in ("", "0.0.0.0", "::")  # noqa: S104 - recognizing the wildcard, not binding it
+
+
+def _local_host(host: str) -> str:
+    if host == "::":
+        return "::1"
+    if _unspecified(host):
+        return "127.0.0.1"
+    return host
+
+
+def _url_host(host: str) -> str:
+    try:
+        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:
+        return host
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host or "0.0.0.0", port))  # noqa: S104 - an empty host means all interfaces, by request
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise ServerStartError("cannot listen for the API", host=host, port=port, error=str(exc)) from exc
+    return sock

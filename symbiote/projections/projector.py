@@ -1,0 +1,323 @@
+"""The projector: folds the stream, in order, into the projection tables of one schema.
+
+It reads ``sym.>`` with an ordered ephemeral consumer (:meth:`Bus.read`) from the position
+after its checkpoint, decodes and verifies each batch (signatures in worker threads), folds
+it (:class:`~symbiote.projections.fold.Folder`), embeds the texts to remember, and writes
+all rows of the batch *and* the new checkpoint in one transaction. A crash at any point
+(process killed, PostgreSQL gone) rolls the open transaction back, and the next start
+resumes after the last committed checkpoint: no event is applied twice or skipped. The
+checkpoint update also checks the previous value, so two projectors writing the same
+schema cannot both advance it.
+
+Stages overlap: while batch N is written, batch N+1 is decoded and folded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import nats.errors
+import structlog
+
+from symbiote.bus.stream import Bus, StoredMsg
+from symbiote.embeddings import Embedder, load_embedder
+from symbiote.errors import BusError, StoreError
+from symbiote.projections.db import DB_ERRORS, apply_migrations, connect, translate
+from symbiote.projections.fold import (
+    APPROVAL_COLUMNS,
+    COMMAND_COLUMNS,
+    EVENT_COLUMNS,
+    KEY_COLUMNS,
+    MEMORY_COLUMNS,
+    REGISTRY_COLUMNS,
+    Folder,
+    Rows,
+)
+from symbiote.projections.verify import SignatureChecker, decode
+
+__all__ = ["CommitHook", "Projector", "ProjectorStats", "read_checkpoint"]
+
+log = structlog.get_logger("symbiote.projections")
+CommitHook = Callable[[int, int, int], None]
+"""Called after each commit with (first_seq, last_seq, count) of the batch written."""
+_END = StoredMsg(0, "", b"")
+_READ_ERRORS = (nats.errors.Error, BusError, OSError, TimeoutError)
+
+
+@dataclass
+class ProjectorStats:
+    """What a projector run did."""
+
+    events: int = 0
+    batches: int = 0
+    last_seq: int = 0
+    memory_rows: int = 0
+    seconds: float = 0.0
+
+    @property
+    def per_s(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+async def read_checkpoint(conn: asyncpg.Connection, name: str = "main") -> int:
+    """The last stream sequence projected by projection ``name`` in the connection's schema (0 if none)."""
+    with translate("read checkpoint", projection=name):
+        value = await conn.fetchval("SELECT last_seq FROM projection_checkpoints WHERE name = $1", name)
+    return int(value or 0)
+
+
+class Projector:
+    """Long-running component: ``run()`` until ``shutdown()`` (or the end, with ``follow=False``).
+
+    ``schema`` is the target schema (migrated on start); ``from_seq`` is where a projection
+    that has no checkpoint yet begins (``replay --from``); ``until_seq`` stops after that
+    sequence. ``on_commit`` observes each committed batch.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        dsn: str,
+        *,
+        schema: str = "public",
+        name: str = "main",
+        follow: bool = True,
+        from_seq: int = 1,
+        until_seq: int | None = None,
+        batch: int = 2048,
+        fetch: int = 1024,
+        memory: bool = True,
+        embedder: Embedder | None = None,
+        checker: SignatureChecker | None = None,
+        on_commit: CommitHook | None = None,
+        queue_size: int = 50_000,
+    ) -> None:
+        self.bus = bus
+        self.dsn = dsn
+        self.schema = schema
+        self.name = name
+        self.follow = follow
+        self.from_seq = max(1, from_seq)
+        self.until_seq = until_seq
+        self.batch = batch
+        self.fetch = fetch
+        self.memory = memory
+        self.embedder = embedder
+        self.checker = checker or SignatureChecker()
+        self._own_checker = checker is None
+        self.on_commit = on_commit
+        self.stats = ProjectorStats()
+        self.position = 0  # last committed stream sequence
+        self._queue: asyncio.Queue[StoredMsg] = asyncio.Queue(queue_size)
+        self._stop = asyncio.Event()
+        self._advanced = asyncio.Condition()
+        self._task: asyncio.Task[ProjectorStats] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def run(self) -> ProjectorStats:
+        """Project until :meth:`shutdown` (or, with ``follow=False``, to the end / ``until_seq``)."""
+        started = time.perf_counter()
+        conn = await connect(self.dsn, self.schema)
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            await apply_migrations(conn, self.schema)
+            self.position = await self._load_checkpoint(conn)
+            folder = Folder(self.bus, memory=self.memory)
+            await folder.prime(self.position)
+            if self.memory and self.embedder is None:
+                self.embedder = await asyncio.to_thread(load_embedder)
+            writes: asyncio.Queue[tuple[Rows, Any] | None] = asyncio.Queue(2)
+            writer = asyncio.create_task(self._write_loop(conn, writes), name=f"projector-write-{self.schema}")
+            stop = asyncio.create_task(self._stop.wait())
+            tasks = [
+                writer,
+                stop,
+                asyncio.create_task(self._read(self.position), name=f"projector-read-{self.schema}"),
+                asyncio.create_task(self._fold_loop(folder, writes), name=f"projector-fold-{self.schema}"),
+            ]
+            pending: set[asyncio.Task[Any]] = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task is not stop and not task.cancelled() and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+                if stop in done or writer in done:
+                    break
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)  # failures were raised above
+            with contextlib.suppress(*DB_ERRORS):
+                await conn.close()
+            if self._own_checker:
+                self.checker.close()
+            self.stats.seconds = time.perf_counter() - started
+        return self.stats
+
+    def shutdown(self) -> None:
+        """Stop after the batch in hand; idempotent."""
+        self._stop.set()
+
+    async def __aenter__(self) -> Projector:
+        self._task = asyncio.create_task(self.run(), name=f"projector-{self.schema}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.shutdown()
+        if self._task is not None:
+            task, self._task = self._task, None
+            await task
+
+    async def wait_for(self, seq: int, timeout: float = 30.0) -> bool:
+        """Wait until everything up to ``seq`` is committed; False on timeout."""
+        async with self._advanced:
+            try:
+                await asyncio.wait_for(self._advanced.wait_for(lambda: self.position >= seq), timeout)
+            except TimeoutError:
+                return False
+        return True
+
+    # -- stages -----------------------------------------------------------------------------
+    async def _load_checkpoint(self, conn: asyncpg.Connection) -> int:
+        with translate("create checkpoint", projection=self.name):
+            await conn.execute(
+                "INSERT INTO projection_checkpoints (name, last_seq, events) VALUES ($1, $2, 0) "
+                "ON CONFLICT (name) DO NOTHING",
+                self.name,
+                self.from_seq - 1,
+            )
+        return await read_checkpoint(conn, self.name)
+
+    async def _read(self, after: int) -> None:
+        """Feed the queue with messages after ``after``, in order; re-open the read after an error."""
+        position = after
+        backoff = 0.1
+        while not self._stop.is_set():
+            if self.until_seq is not None and position >= self.until_seq:
+                break
+            try:
+                stream = self.bus.read("sym.>", from_seq=position + 1, follow=self.follow, batch=self.fetch)
+                async with contextlib.aclosing(stream) as messages:
+                    async for msg in messages:
+                        if msg.seq <= position:
+                            continue
+                        position = msg.seq
+                        await self._queue.put(msg)
+                        backoff = 0.1
+                        if self.until_seq is not None and position >= self.until_seq:
+                            break
+                if not self.follow:
+                    break
+            except _READ_ERRORS as exc:
+                if not self.follow:
+                    raise BusError("cannot read the stream", error=repr(exc), after=position) from exc
+                log.warning("projector.read_retry", error=repr(exc), after=position, backoff_s=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+        await self._queue.put(_END)
+
+    async def _fold_loop(self, folder: Folder, writes: asyncio.Queue[tuple[Rows, Any] | None]) -> None:
+        ended = False
+        first_round = True
+        while not ended:
+            msgs = [await self._queue.get()]
+            while len(msgs) < self.batch and not self._queue.empty():
+                msgs.append(self._queue.get_nowait())
+            if msgs[-1] is _END:
+                msgs.pop()
+                ended = True
+            if not msgs and not first_round:
+                continue
+            first_round = False
+            decoded = [decode(m) for m in msgs]
+            await self.checker.check(decoded)
+            await folder.prepare(decoded)
+            rows = folder.fold(decoded)
+            vectors: Any = None
+            if rows.memory and self.embedder is not None:
+                texts = [m.text for m in rows.memory]
+                if len(texts) > 16:
+                    vectors = await asyncio.to_thread(self.embedder.embed, texts)
+                else:
+                    vectors = self.embedder.embed(texts)
+            if not rows.empty or rows.count:
+                await writes.put((rows, vectors))
+        await writes.put(None)
+
+    async def _write_loop(self, conn: asyncpg.Connection, writes: asyncio.Queue[tuple[Rows, Any] | None]) -> None:
+        while True:
+            item = await writes.get()
+            if item is None:
+                return
+            rows, vectors = item
+            await self._write(conn, rows, vectors)
+            previous = self.position
+            if rows.count:
+                self.position = rows.last_seq
+            self.stats.events += rows.count
+            self.stats.batches += 1
+            self.stats.last_seq = self.position
+            self.stats.memory_rows += len(rows.memory)
+            async with self._advanced:
+                self._advanced.notify_all()
+            if self.on_commit is not None and rows.count:
+                self.on_commit(rows.first_seq, rows.last_seq, rows.count)
+            if rows.count:
+                log.debug("projector.committed", schema=self.schema, after=previous, through=self.position)
+
+    async def _write(self, conn: asyncpg.Connection, rows: Rows, vectors: Any) -> None:
+        schema = self.schema
+        new_position = rows.last_seq if rows.count else self.position
+        with translate("write projection batch", schema=schema, through=new_position):
+            async with conn.transaction():
+                if rows.events:
+                    await conn.copy_records_to_table(
+                        "events", records=rows.events, columns=EVENT_COLUMNS, schema_name=schema
+                    )
+                if rows.commands:
+                    await conn.execute("DELETE FROM commands WHERE command_id = ANY($1::text[])", list(rows.commands))
+                    await conn.copy_records_to_table(
+                        "commands", records=list(rows.commands.values()), columns=COMMAND_COLUMNS, schema_name=schema
+                    )
+                if rows.approvals:
+                    await conn.copy_records_to_table(
+                        "approvals", records=rows.approvals, columns=APPROVAL_COLUMNS, schema_name=schema
+                    )
+                if rows.keys:
+                    await conn.execute("DELETE FROM keys WHERE kid = ANY($1::text[])", list(rows.keys))
+                    await conn.copy_records_to_table(
+                        "keys", records=list(rows.keys.values()), columns=KEY_COLUMNS, schema_name=schema
+                    )
+                if rows.registry:
+                    await conn.execute("DELETE FROM registry WHERE name = ANY($1::text[])", list(rows.registry))
+                    await conn.copy_records_to_table(
+                        "registry", records=list(rows.registry.values()), columns=REGISTRY_COLUMNS, schema_name=schema
+                    )
+                if rows.memory and vectors is not None:
+                    records = [
+                        (m.seq, m.kind, m.event_id, m.command_id, m.actor, m.corr, m.at, m.text, vectors[i])
+                        for i, m in enumerate(rows.memory)
+                    ]
+                    await conn.copy_records_to_table(
+                        "memory", records=records, columns=MEMORY_COLUMNS, schema_name=schema
+                    )
+                status = await conn.execute(
+                    "UPDATE projection_checkpoints SET last_seq = $1, events = events + $2 "
+                    "WHERE name = $3 AND last_seq = $4",
+                    new_position,
+                    rows.count,
+                    self.name,
+                    self.position,
+                )
+                if status != "UPDATE 1":
+                    raise StoreError(
+                        "the projection checkpoint moved under us (another projector writes this schema?)",
+                        schema=schema,
+                        expected=self.position,
+                    )
