@@ -13,7 +13,7 @@ from typing import Any
 
 from symbiote.registry.definition import CommandDefinition
 
-__all__ = ["extract_args"]
+__all__ = ["extract_args", "starts_with_trigger"]
 
 _TRIGGERS = {
     "echo": r"^(?:please\s+)?(?:echo|say back|say|repeat after me|repeat)\b[:,]?\s*",
@@ -26,6 +26,12 @@ _TRIGGERS = {
 def _slug(text: str) -> str:
     words = re.findall(r"[A-Za-z0-9]+", text.lower())[:6]
     return ("-".join(words) or "note")[:48] + ".txt"
+
+
+def starts_with_trigger(command: str, text: str) -> bool:
+    """True if ``text`` opens with one of the command's trigger words ("run …", "echo …")."""
+    pattern = _TRIGGERS.get(command)
+    return bool(pattern and re.match(pattern, text.strip(), flags=re.IGNORECASE))
 
 
 def _strip_trigger(command: str, text: str) -> str:

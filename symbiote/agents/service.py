@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from symbiote.agents.extract import extract_args
+from symbiote.agents.extract import extract_args, starts_with_trigger
 from symbiote.agents.intent import Candidate, IntentMatcher
 from symbiote.bus.envelope import Envelope, from_wire, make_event
 from symbiote.bus.ids import derived_event_id, now_ms
@@ -56,6 +56,16 @@ class Planner(Protocol):
 
 
 Recall = Callable[[str], Awaitable[list[str]]]
+
+
+def _boost_triggers(ranked: list[Candidate], text: str) -> list[Candidate]:
+    """A request that opens with a command's trigger verb ("run …") counts as half a match already:
+    its confidence becomes ``0.5 + 0.5 * similarity``. Embeddings alone miss that the verb, not
+    the unknown words after it, carries the intent."""
+    boosted = [
+        Candidate(c.command, 0.5 + 0.5 * c.confidence) if starts_with_trigger(c.command, text) else c for c in ranked
+    ]
+    return sorted(boosted, key=lambda c: c.confidence, reverse=True)
 
 
 class Agent:
@@ -177,7 +187,7 @@ class Agent:
                 if chosen is not None and plan.confidence >= chosen.auto_confidence:
                     return await self._propose(source, chosen, plan.args, plan.confidence, [])
         self.matcher.index(definitions)
-        ranked = self.matcher.rank(text)
+        ranked = _boost_triggers(self.matcher.rank(text), text)
         by_name = {d.name: d for d in definitions}
         if not ranked or ranked[0].confidence < self.floor:
             return await self._suggest(source, text, ranked)

@@ -202,6 +202,16 @@ _CSP = (
 
 
 # -- the app ----------------------------------------------------------------------------------
+async def _board(request: Request) -> ApprovalBoard:
+    """The app's board, started on first use (a no-op once it runs)."""
+    board: ApprovalBoard = request.app.state.board
+    await board.start()
+    return board
+
+
+BoardDep = Annotated[ApprovalBoard, Depends(_board)]
+
+
 def create_app(
     bus: Bus,
     home: DataDir,
@@ -237,12 +247,6 @@ def create_app(
     @app.exception_handler(ApiRefusal)
     async def _on_refusal(_: Request, exc: ApiRefusal) -> JSONResponse:
         return _refusal(exc)
-
-    async def get_board() -> ApprovalBoard:
-        await the_board.start()
-        return the_board
-
-    BoardDep = Annotated[ApprovalBoard, Depends(get_board)]
 
     @app.get("/api/health", tags=["meta"])
     async def health(b: BoardDep) -> Health:
@@ -304,7 +308,7 @@ def create_app(
         return StreamingResponse(
             _sse(b),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", "Connection": "close"},
         )
 
     @app.post("/api/approvals", status_code=202, tags=["approvals"])
@@ -613,13 +617,25 @@ class ApiServer:
         if self._server is not None:
             self._server.should_exit = True
         if self._task is not None:
-            try:
-                await self._task
-            except (asyncio.CancelledError, SystemExit) as exc:
-                log.warning("api.stop", error=repr(exc))
+            await self._finish(self._task)
         await self.board.stop()
         if self._sock is not None:
             self._sock.close()
+
+    async def _finish(self, task: asyncio.Task[None]) -> None:
+        """Wait for uvicorn to stop. Connections still open after a short grace are aborted: idle
+        keep-alive connections whose peer does not answer the TLS close would otherwise hold the
+        shutdown for uvicorn's whole graceful timeout."""
+        done, _ = await asyncio.wait({task}, timeout=0.5)
+        if not done and self._server is not None:
+            for connection in list(self._server.server_state.connections):
+                transport = getattr(connection, "transport", None)
+                if isinstance(transport, asyncio.WriteTransport):
+                    transport.abort()
+        try:
+            await task
+        except (asyncio.CancelledError, SystemExit) as exc:
+            log.warning("api.stop", error=repr(exc))
 
     async def __aenter__(self) -> ApiServer:
         await self.start()

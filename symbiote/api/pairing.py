@@ -84,10 +84,12 @@ def proof_message(code: str, kid: str) -> bytes:
     return PAIR_DOMAIN + normalize_code(code).encode() + b"\x00" + kid.encode()
 
 
-def pairing_url(base_url: str, code: str, fingerprint: str) -> str:
-    """The link a phone opens: the page with the code and the certificate fingerprint in the fragment
-    (a fragment never reaches the server's logs)."""
-    return f"{base_url.rstrip('/')}/#pair={quote(normalize_code(code))}&fp={fingerprint.replace(':', '').lower()}"
+def pairing_url(base_url: str, code: str, fingerprint: str, principal: str | None = None) -> str:
+    """The link a phone opens: the page with the code, the certificate fingerprint and (for display
+    only; the server decides) the principal, all in the fragment, which never reaches the server."""
+    fp = fingerprint.replace(":", "").lower()
+    link = f"{base_url.rstrip('/')}/#pair={quote(normalize_code(code))}&fp={fp}"
+    return f"{link}&as={quote(principal)}" if principal else link
 
 
 class PairingStore:

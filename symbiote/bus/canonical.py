@@ -20,23 +20,30 @@ __all__ = ["canon", "decode_canonical", "normalize"]
 _PACKER_OPTS: dict[str, Any] = {"use_bin_type": True, "use_single_float": False, "strict_types": True}
 
 
+_SCALARS = frozenset({str, bytes, float, bool, type(None)})
+
+
 def normalize(value: Any) -> Any:
-    """Return ``value`` with every map's keys in canonical order; refuse types canon cannot hold."""
-    if isinstance(value, dict):
-        items = []
-        for key, item in value.items():
-            if not isinstance(key, str):
+    """Return ``value`` with every map's keys in canonical order; refuse types canon cannot hold.
+
+    Sorting ``str`` keys by code point is the same order as sorting their UTF-8 bytes (UTF-8
+    preserves code point order), so keys are compared as strings.
+    """
+    kind = type(value)
+    if kind is dict:
+        for key in value:
+            if type(key) is not str:
                 raise DecodeError("map keys must be strings", key_type=type(key).__name__)
-            items.append((key.encode("utf-8"), key, normalize(item)))
-        items.sort(key=lambda entry: entry[0])
-        return {key: item for _, key, item in items}
-    if isinstance(value, (list, tuple)):
-        return [normalize(item) for item in value]
-    if value is None or isinstance(value, (bool, int, float, str, bytes)):
-        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return {key: normalize(value[key]) for key in sorted(value)}
+    if kind in _SCALARS:
+        return value
+    if kind is int:
+        if not -(2**63) <= value < 2**64:
             raise DecodeError("integer out of msgpack range", value=value)
         return value
-    raise DecodeError("type not allowed in canonical msgpack", type=type(value).__name__)
+    if kind is list or kind is tuple:
+        return [normalize(item) for item in value]
+    raise DecodeError("type not allowed in canonical msgpack", type=kind.__name__)
 
 
 def canon(value: Any) -> bytes:

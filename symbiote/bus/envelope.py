@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import msgpack
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from symbiote.bus.canonical import canon, decode_canonical
 from symbiote.bus.ids import is_event_id, new_event_id, now_ms
@@ -76,9 +78,17 @@ class Envelope(BaseModel):
             "sigs": [{"kid": s.kid, "sig": s.sig} for s in self.sigs],
         }
 
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Envelope:
+        """A copy; the cached signing input is dropped, since ``update`` may change signed fields."""
+        copy = super().model_copy(update=update, deep=deep)
+        copy._signing_input = None  # type: ignore[attr-defined]
+        return copy
+
     def with_sig(self, kid: str, sig: bytes) -> Envelope:
-        """A copy with one more signature appended."""
-        return self.model_copy(update={"sigs": (*self.sigs, Sig(kid=kid, sig=sig))})
+        """A copy with one more signature appended (the signing input does not change)."""
+        copy = self.model_copy(update={"sigs": (*self.sigs, Sig(kid=kid, sig=sig))})
+        copy._signing_input = getattr(self, "_signing_input", None)  # type: ignore[attr-defined]
+        return copy
 
     @property
     def actor_role(self) -> str:
@@ -131,9 +141,13 @@ def from_wire(data: bytes, *, max_size: int = MAX_EVENT_BYTES) -> Envelope:
         if raw[ref] is not None and not is_event_id(raw[ref]):
             raise DecodeError(f"{ref} is not an event id", event_id=event_id)
     try:
-        return Envelope.model_validate(raw)
+        event = Envelope.model_validate(raw)
     except ValidationError as exc:
         raise DecodeError("envelope fields invalid", event_id=event_id, error=_short(exc)) from exc
+    # the decoded maps are already in canonical order (the bytes were canonical): pack directly
+    parts = [raw["v"], raw["id"], raw["type"], raw["at"], raw["actor"], raw["corr"], raw["cause"], raw["body"]]
+    event._signing_input = DOMAIN + msgpack.packb(parts, use_bin_type=True, use_single_float=False)  # type: ignore[attr-defined]
+    return event
 
 
 def peek_id(data: bytes) -> str | None:

@@ -162,7 +162,7 @@ def up(
 
 DEMO = [
     ("runs at once (echo needs no approval)", "echo hello from symbiote"),
-    ("asks what you mean (confidence too low)", "say hi"),
+    ("asks what you mean (confidence too low)", "hello"),
     ("needs your approval (shell.run is risky)", "run uname -a"),
     ("nothing fits: the agent suggests a new command", "book a flight to Rome"),
 ]

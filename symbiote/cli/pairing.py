@@ -99,7 +99,7 @@ def register(keys_app: typer.Typer) -> None:
         base, warning = phone_base_url(base)
         store = PairingStore(home.root)
         code, ticket = store.create(f"user:{name}", ttl)
-        link = pairing_url(base, code, fingerprint)
+        link = pairing_url(base, code, fingerprint, ticket.principal)
         console.print(f"\nPair a phone as [bold]user:{name}[/bold]")
         console.print(f"  code:        [bold]{code}[/bold]   (works once, for {ttl // 60} min {ttl % 60} s)")
         console.print(f"  open:        {link}", soft_wrap=True)

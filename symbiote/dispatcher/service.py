@@ -55,6 +55,7 @@ class Dispatcher:
         batch: int = 256,
         clock: Callable[[], int] = now_ms,
         expiry_interval_s: float = 0.5,
+        max_in_flight: int = 1024,
     ) -> None:
         if key.role != "runtime":
             raise SymbioteError("the dispatcher signs with a runtime key", principal=key.principal)
@@ -70,6 +71,9 @@ class Dispatcher:
         self._corr: dict[str, str | None] = {}  # command id -> its proposal's correlation id
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._failure: BaseException | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -86,11 +90,24 @@ class Dispatcher:
             for task in done:
                 if task is not stop and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
+            if self._failure is not None:
+                raise self._failure
         finally:
             self._consumer.shutdown()
             for task in [*tasks, stop]:
                 task.cancel()
             for task in [*tasks, stop]:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self._drain()
+
+    async def _drain(self, timeout_s: float = 10.0) -> None:
+        """Let commands in hand finish (their outcome is published); cancel what is left after ``timeout_s``."""
+        if self._in_flight:
+            _, pending = await asyncio.wait(set(self._in_flight), timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            for task in pending:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
@@ -113,7 +130,20 @@ class Dispatcher:
         if not batch:
             return
         await self.registry.ensure_through(max(d.seq for d in batch))
-        await asyncio.gather(*(self._handle(d) for d in batch))
+        for delivery in batch:
+            await self._slots.acquire()
+            task = asyncio.create_task(self._handle(delivery))
+            self._in_flight.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None and self._failure is None:
+            # a bug, not bad input (bad input becomes denial events): stop and re-raise it from run()
+            self._failure = task.exception()
+            log.error("dispatch.crashed", error=repr(self._failure))
+            self._stop.set()
 
     async def _handle(self, delivery: Delivery) -> None:
         parts = delivery.subject.split(".")
@@ -351,7 +381,8 @@ class Dispatcher:
         )
         ack = await self.bus.publish(started, expect_last_seq=last_seq, expect_subject=subject)
         log.info("dispatch.started", command_id=cid, event_id=started.id, command=body.command, rerun=rerun)
-        keepalive = asyncio.create_task(self._keep_alive(delivery)) if delivery is not None else None
+        inprocess = definition.executor == "noop" or definition.executor.startswith("builtin:")
+        keepalive = None if delivery is None or inprocess else asyncio.create_task(self._keep_alive(delivery))
         try:
             outcome = await self.executors.run(cid, definition, dict(body.args))
         finally:

@@ -15,6 +15,7 @@ reads the earlier events of any command it meets from the stream (:meth:`Folder.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 from collections import OrderedDict
@@ -26,7 +27,7 @@ from symbiote.bus.envelope import Envelope, from_wire
 from symbiote.bus.events import parse_body
 from symbiote.bus.stream import Bus
 from symbiote.errors import DecodeError
-from symbiote.projections.verify import Decoded, verdict_at
+from symbiote.projections.verify import Decoded, reading, verdict_at
 from symbiote.registry.policy import CommandLife, Denial, check_approval, fold_command
 from symbiote.registry.state import REGISTRY_TYPES, RegistryState
 from symbiote.signers.keyring import Verdict
@@ -241,15 +242,16 @@ class Folder:
         if through > 0:
             if self.bus is None:
                 raise DecodeError("a folder starting after the head of the log needs the bus")
-            async for msg in self.bus.read("sym.reg.>", from_seq=1, batch=1024):
-                if msg.seq > through:
-                    break
-                try:
-                    event = from_wire(msg.data)
-                except DecodeError:
-                    continue
-                if event.type in REGISTRY_TYPES:
-                    self.state.apply(event, msg.seq)
+            async with reading(self.bus, "sym.reg.>", from_seq=1) as messages:
+                async for msg in messages:
+                    if msg.seq > through:
+                        break
+                    try:
+                        event = from_wire(msg.data)
+                    except DecodeError:
+                        continue
+                    if event.type in REGISTRY_TYPES:
+                        self.state.apply(event, msg.seq)
         self.state.applied_through = max(self.state.applied_through, through)
         self.position = through
         self.origin = through + 1
@@ -280,10 +282,8 @@ class Folder:
             async with limit:
                 msg = await bus.next_after(subject, 1)
                 while msg is not None and msg.seq < first:
-                    try:
+                    with contextlib.suppress(DecodeError):  # unreadable: not part of the command's history
                         track.events.append((msg.seq, from_wire(msg.data)))
-                    except DecodeError:
-                        pass
                     msg = await bus.next_after(subject, msg.seq + 1)
             return track
 

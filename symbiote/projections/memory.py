@@ -133,7 +133,7 @@ class MemoryStore:
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), 5)
-            except (*DB_ERRORS, TimeoutError):
+            except (TimeoutError, *DB_ERRORS):
                 pool.terminate()
 
     async def __aenter__(self) -> MemoryStore:

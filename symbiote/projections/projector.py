@@ -39,7 +39,7 @@ from symbiote.projections.fold import (
     Folder,
     Rows,
 )
-from symbiote.projections.verify import SignatureChecker, decode
+from symbiote.projections.verify import SignatureChecker, decode, reading
 
 __all__ = ["CommitHook", "Projector", "ProjectorStats", "read_checkpoint"]
 
@@ -202,8 +202,8 @@ class Projector:
             if self.until_seq is not None and position >= self.until_seq:
                 break
             try:
-                stream = self.bus.read("sym.>", from_seq=position + 1, follow=self.follow, batch=self.fetch)
-                async with contextlib.aclosing(stream) as messages:
+                stream = reading(self.bus, "sym.>", from_seq=position + 1, follow=self.follow, batch=self.fetch)
+                async with stream as messages:
                     async for msg in messages:
                         if msg.seq <= position:
                             continue

@@ -17,12 +17,13 @@ too; whenever libsodium refuses one, the answer is taken from
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,7 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 
 from symbiote.bus.envelope import Envelope, from_wire, peek_id
-from symbiote.bus.stream import StoredMsg
+from symbiote.bus.stream import Bus, StoredMsg
 from symbiote.errors import DecodeError, SignatureError
 from symbiote.signers.keyring import Keyring, SigCheck, Verdict
 from symbiote.signers.keys import public_key_from_kid, verify_sig
@@ -42,11 +43,26 @@ __all__ = [
     "SignatureChecker",
     "decode",
     "entry_hash",
+    "reading",
     "verdict_at",
 ]
 
 CHECKPOINT_SUBJECT = "sym.audit.checkpoint"
 log = structlog.get_logger("symbiote.projections")
+
+
+@contextlib.asynccontextmanager
+async def reading(
+    bus: Bus, subject: str = "sym.>", *, from_seq: int = 1, follow: bool = False, batch: int = 1024
+) -> AsyncIterator[AsyncIterator[StoredMsg]]:
+    """``async with reading(bus, ...) as messages``: :meth:`Bus.read`, closed (consumer removed) on leaving."""
+    messages = bus.read(subject, from_seq=from_seq, follow=follow, batch=batch)
+    try:
+        yield messages
+    finally:
+        close = getattr(messages, "aclose", None)
+        if close is not None:
+            await close()
 
 
 def entry_hash(seq: int, subject: str, data: bytes) -> bytes:

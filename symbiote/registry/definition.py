@@ -84,12 +84,27 @@ class CommandDefinition(BaseModel):
 
 def validate_args(definition: CommandDefinition, args: dict[str, Any]) -> str | None:
     """None if ``args`` fit the definition's schema, else a short description of the first error."""
-    validator = jsonschema.Draft202012Validator(definition.args_schema)
+    validator = _validator(definition)
     error = jsonschema.exceptions.best_match(validator.iter_errors(args))
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path) or "(args)"
     return f"{where}: {error.message}"[:500]
+
+
+_VALIDATORS: dict[int, tuple[CommandDefinition, jsonschema.Draft202012Validator]] = {}
+
+
+def _validator(definition: CommandDefinition) -> jsonschema.Draft202012Validator:
+    """The compiled schema validator of a definition, built once per definition object."""
+    cached = _VALIDATORS.get(id(definition))
+    if cached is not None and cached[0] is definition:
+        return cached[1]
+    validator = jsonschema.Draft202012Validator(definition.args_schema)
+    if len(_VALIDATORS) > 1000:
+        _VALIDATORS.clear()
+    _VALIDATORS[id(definition)] = (definition, validator)
+    return validator
 
 
 def load_definition(path: Path) -> CommandDefinition:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +87,7 @@ class SigningKey:
         """Deterministic key from a 32-byte seed (test vectors)."""
         return cls(Ed25519PrivateKey.from_private_bytes(seed), principal)
 
-    @property
+    @functools.cached_property
     def kid(self) -> str:
         return kid_of(self.private.public_key())
 

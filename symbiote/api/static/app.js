@@ -113,10 +113,17 @@ async function signedEvent(type, body, { corr = null, cause = null } = {}) {
 }
 
 // -- pairing --------------------------------------------------------------------------------
-async function showPairing(code, fp) {
+function formatCode(code) {
+  const c = normalizeCode(code);
+  return c.length === 10 ? `${c.slice(0, 5)}-${c.slice(5)}` : code;
+}
+
+async function showPairing(code, fp, who) {
   $("pair-view").hidden = false;
   $("main-view").hidden = true;
-  if (code) $("pair-code").value = code;
+  setConn("", "not paired");
+  if (code) $("pair-code").value = formatCode(code);
+  if (who) $("pair-who").textContent = who;
   if (fp) {
     $("pair-fp").textContent = formatFingerprint(fp);
     $("pair-fp-box").hidden = false;
@@ -310,7 +317,7 @@ function render(snapshot) {
   }
   $("pending-count").textContent = snapshot.pending.length ? `(${snapshot.pending.length})` : "";
   $("empty").hidden = snapshot.pending.length > 0;
-  renderRecent(snapshot.recent || []);
+  renderRecent((snapshot.recent || []).filter((c) => !seen.has(c.command_id)));
   const target = hashParams().get("command");
   if (target) list.querySelector(`[data-command-id="${CSS.escape(target)}"]`)?.scrollIntoView({ block: "center" });
 }
@@ -462,7 +469,7 @@ async function main() {
       fatal("This browser cannot make Ed25519 keys. Use a current Chrome, Firefox or Safari.");
       return;
     }
-    await showPairing(code, params.get("fp"));
+    await showPairing(code, params.get("fp"), params.get("as"));
     return;
   }
   showMain();

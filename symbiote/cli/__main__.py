@@ -1,0 +1,5 @@
+"""``python -m symbiote.cli``."""
+
+from symbiote.cli.main import main
+
+main()

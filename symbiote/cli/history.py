@@ -1,0 +1,176 @@
+"""``symbiote replay``, ``symbiote audit`` and ``symbiote why``: the log's history, checked.
+
+``register(app)`` adds the three commands to the main typer app.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from symbiote.cli.main import DataDirOpt, JsonOpt, NatsOpt, _bus, _home, _run, console, err
+from symbiote.errors import ConfigError
+from symbiote.home import DataDir
+from symbiote.projections.audit import AuditReport, audit, why, write_html
+from symbiote.projections.replay import ReplayReport, replay
+
+__all__ = ["register"]
+
+PostgresOpt = Annotated[
+    str | None,
+    typer.Option("--postgres-dsn", help="PostgreSQL DSN (default: the running runtime's)"),
+]
+
+
+def _dsn(home: DataDir, postgres_dsn: str | None) -> str:
+    dsn = postgres_dsn or (home.read_runtime() or {}).get("postgres_dsn")
+    if not dsn:
+        raise ConfigError(
+            "PostgreSQL is not known: start the runtime (`symbiote up`) or pass --postgres-dsn",
+            data_dir=str(home.root),
+        )
+    return str(dsn)
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "—"
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def replay_command(
+    from_seq: Annotated[int, typer.Option("--from", help="First stream sequence to rebuild from")] = 1,
+    into: Annotated[
+        str | None, typer.Option("--into", help="Schema to build into (kept); default: a temporary one")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    nats_url: NatsOpt = None,
+    postgres_dsn: PostgresOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rebuild every projection from the log into a fresh schema and prove it equal to the live one."""
+    home = _home(data_dir)
+    dsn = _dsn(home, postgres_dsn)
+
+    async def go() -> ReplayReport:
+        async with _bus(home, nats_url) as bus:
+            return await replay(bus, dsn, into=into, from_seq=from_seq, progress=not as_json, console=err)
+
+    report = _run(go)
+    if as_json:
+        print(json.dumps(report.as_map()), flush=True)
+    else:
+        table = Table("table", "rows (replay)", "rows (live)", "digest (replay)", "equal")
+        for name, digest in report.digests.items():
+            live = report.live.get(name)
+            same = "—" if not report.compared else ("[green]yes[/green]" if live == digest else "[red]NO[/red]")
+            table.add_row(name, str(digest.rows), str(live.rows) if live else "—", digest.digest[:16], same)
+        console.print(table)
+        where = f"schema {report.schema}" + (" (kept)" if report.kept else " (dropped)")
+        console.print(
+            f"replayed {report.events} events through seq {report.through_seq} into {where} "
+            f"in {report.seconds:.1f}s ({report.per_s:,.0f} events/s)"
+        )
+        if report.note:
+            console.print(f"[yellow]{report.note}[/yellow]")
+        if report.ok:
+            console.print("[green]the replay equals the live projections[/green]")
+        elif report.mismatches:
+            console.print(f"[red]mismatch in: {', '.join(report.mismatches)}[/red]")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def audit_command(
+    html: Annotated[Path | None, typer.Option("--html", help="Also write a report for people to FILE")] = None,
+    data_dir: DataDirOpt = None,
+    nats_url: NatsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-verify every signature, policy decision and checkpoint of the log; exit 1 if anything fails."""
+    home = _home(data_dir)
+
+    async def go() -> AuditReport:
+        async with _bus(home, nats_url, start_if_down=True) as bus:
+            return await audit(bus, checkpoint_dir=home.checkpoints_dir)
+
+    report = _run(go)
+    if html is not None:
+        write_html(report, html)
+    if as_json:
+        print(json.dumps(report.as_map()), flush=True)
+    else:
+        _print_audit(report)
+        if html is not None:
+            console.print(f"report written to {html}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _print_audit(report: AuditReport) -> None:
+    console.print(
+        f"{report.messages} events (seq {report.stream_first_seq}–{report.stream_last_seq}), "
+        f"{report.signatures_checked} signatures, {report.commands_executed} executions, "
+        f"{report.checkpoints} checkpoints ({report.checkpoint_files} files), covered through seq "
+        f"{report.covered_through}"
+    )
+    if report.findings:
+        table = Table("seq", "severity", "kind", "finding")
+        for finding in report.findings:
+            colour = "red" if finding.severity == "fail" else "yellow"
+            table.add_row(
+                str(finding.seq) if finding.seq is not None else "—",
+                f"[{colour}]{finding.severity}[/{colour}]",
+                finding.kind,
+                finding.message,
+            )
+        console.print(table)
+        for kind, count in report.omitted.items():
+            console.print(f"… and {count} more {kind} finding(s)")
+    colour = "green" if report.ok else "red"
+    console.print(f"[{colour}]{report.summary()}[/{colour}]")
+
+
+def why_command(
+    command_id: Annotated[str, typer.Argument(help="The command id (the id of its proposal)")],
+    data_dir: DataDirOpt = None,
+    nats_url: NatsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Why a command did what it did: input → proposal → approvals → execution → result."""
+    home = _home(data_dir)
+
+    async def go() -> None:
+        async with _bus(home, nats_url, start_if_down=True) as bus:
+            story = await why(bus, command_id)
+        if as_json:
+            print(json.dumps(story.as_map(), ensure_ascii=False), flush=True)
+            return
+        if not story.found:
+            console.print(f"[red]no command {command_id} in the log[/red]")
+            raise typer.Exit(1)
+        console.print(f"[bold]{story.command or '?'}[/bold]  {command_id}  → [bold]{story.state}[/bold]")
+        for step in story.steps:
+            mark = "[green]✓[/green]" if step.ok else "[red]✗[/red]"
+            where = f"#{step.seq}" if step.seq is not None else ""
+            console.print(f"  {mark} {where:>7}  {_when(step.at)}  [dim]{step.kind:<16}[/dim] {step.text}")
+        if story.problems:
+            console.print("[red]not allowed by the policy in force:[/red]")
+            for problem in story.problems:
+                console.print(f"  [red]✗[/red] {problem}")
+        else:
+            console.print("[green]allowed by the policy in force[/green]")
+
+    _run(go)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``replay``, ``audit`` and ``why`` to ``app``."""
+    app.command("replay")(replay_command)
+    app.command("audit")(audit_command)
+    app.command("why")(why_command)

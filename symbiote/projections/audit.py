@@ -1,0 +1,882 @@
+"""The audit: re-check the whole log from scratch, and explain one command.
+
+:func:`audit` reads every message of the stream in order and re-verifies, without trusting
+any projection or any earlier decision:
+
+* **signatures** — each event against the key registry as it stood at the event's own
+  position (registry events folded in the same pass), and the role each event type needs;
+* **policy** — for each ``command.started``: a valid agent-signed proposal preceded it and,
+  when the command's approval mode (as in force at the proposal) is ``user``, an approval
+  request and a quorum of valid approvals from allowed principals, judged with
+  :mod:`symbiote.registry.policy` (:func:`fold_command`, :func:`check_proposal`,
+  :func:`check_approval` inside it); outcomes need a start before them;
+* **checkpoints** — each ``audit.checkpoint``'s signature, chain (``first_seq``/``prev``) and
+  root recomputed from the messages present now (:mod:`symbiote.projections.checkpoints`),
+  and the copies outside NATS compared with those in the log (missing, edited, forked);
+* **continuity** — gaps in the sequence (deleted messages), a purged beginning, a tail cut
+  off below the last checkpoint or the stream's own last sequence, and events not yet
+  covered by any checkpoint.
+
+The report names the first bad sequence and why. :func:`why` tells one command's story:
+input → proposal → approvals → execution → result.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import html
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from symbiote.bus.envelope import Envelope, from_wire
+from symbiote.bus.events import BODY_TYPES, parse_body, subject_for
+from symbiote.bus.ids import now_ms
+from symbiote.bus.stream import Bus, StoredMsg
+from symbiote.errors import DecodeError
+from symbiote.projections.checkpoints import CheckpointRecord, compute_root, load_checkpoint_files
+from symbiote.projections.fold import command_id_of, jsonable
+from symbiote.projections.verify import (
+    CHECKPOINT_SUBJECT,
+    Decoded,
+    SignatureChecker,
+    decode,
+    entry_hash,
+    reading,
+    verdict_at,
+)
+from symbiote.registry.policy import CommandLife, check_proposal, fold_command
+from symbiote.registry.state import REGISTRY_TYPES, RegistryState
+from symbiote.signers.keyring import Verdict
+
+__all__ = [
+    "EXPECTED_ROLES",
+    "AuditReport",
+    "CommandStory",
+    "Finding",
+    "Step",
+    "audit",
+    "judge_execution",
+    "why",
+    "write_html",
+]
+
+Severity = Literal["fail", "warn"]
+SIGNATURE_REASONS = frozenset({"bad_signature", "unknown_key", "revoked_key", "wrong_role"})
+_INPUT = frozenset({"user", "owner", "runtime"})
+EXPECTED_ROLES: dict[str, frozenset[str]] = {
+    "input.text": _INPUT,
+    "input.voice": _INPUT,
+    "input.system": _INPUT,
+    "command.proposed": frozenset({"agent"}),
+    "command.clarify": frozenset({"agent"}),
+    "command.suggested": frozenset({"agent"}),
+    "command.approved": frozenset({"user"}),
+    "command.rejected": frozenset({"user"}),
+    "command.approval_requested": frozenset({"runtime"}),
+    "command.denied": frozenset({"runtime"}),
+    "command.started": frozenset({"runtime"}),
+    "command.succeeded": frozenset({"runtime"}),
+    "command.failed": frozenset({"runtime"}),
+    "audit.checkpoint": frozenset({"runtime"}),
+}
+"""Which roles may sign each (non-registry) event type; registry events need an owner key."""
+_MAX_PER_KIND = 1000
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the audit found: where (stream sequence), how bad, what, in plain words."""
+
+    seq: int | None
+    severity: Severity
+    kind: str
+    message: str
+    event_id: str | None = None
+    command_id: str | None = None
+
+    def as_map(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "severity": self.severity,
+            "kind": self.kind,
+            "message": self.message,
+            "event_id": self.event_id,
+            "command_id": self.command_id,
+        }
+
+
+@dataclass
+class AuditReport:
+    """The audit's result: ``ok`` unless some finding is a failure; ``first_failure`` names where."""
+
+    findings: list[Finding] = field(default_factory=list)
+    omitted: dict[str, int] = field(default_factory=dict)  # findings not listed, by kind
+    stream_first_seq: int = 0
+    stream_last_seq: int = 0
+    messages: int = 0
+    signatures_checked: int = 0
+    commands_executed: int = 0
+    checkpoints: int = 0
+    checkpoint_files: int = 0
+    covered_through: int = 0
+    checkpoint_dir: str | None = None
+    checked_at: int = 0
+
+    @property
+    def failures(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "fail"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def first_failure(self) -> Finding | None:
+        """The failure at the lowest sequence (failures without a sequence come last)."""
+        fails = self.failures
+        if not fails:
+            return None
+        return min(fails, key=lambda f: (f.seq is None, f.seq or 0))
+
+    def summary(self) -> str:
+        """One sentence: the verdict and, when it failed, the first bad sequence and why."""
+        first = self.first_failure
+        if first is None:
+            warns = len(self.findings)
+            extra = f" ({warns} note{'s' if warns != 1 else ''})" if warns else ""
+            return f"OK: {self.messages} events checked, nothing wrong found{extra}"
+        where = f"seq {first.seq}" if first.seq is not None else "outside the log"
+        return f"FAILED at {where}: {first.message} ({len(self.failures)} problem(s) in all)"
+
+    def as_map(self) -> dict[str, Any]:
+        first = self.first_failure
+        return {
+            "ok": self.ok,
+            "summary": self.summary(),
+            "first_bad_seq": first.seq if first is not None else None,
+            "first_bad_reason": first.message if first is not None else None,
+            "stream_first_seq": self.stream_first_seq,
+            "stream_last_seq": self.stream_last_seq,
+            "messages": self.messages,
+            "signatures_checked": self.signatures_checked,
+            "commands_executed": self.commands_executed,
+            "checkpoints": self.checkpoints,
+            "checkpoint_files": self.checkpoint_files,
+            "covered_through": self.covered_through,
+            "checkpoint_dir": self.checkpoint_dir,
+            "checked_at": self.checked_at,
+            "findings": [f.as_map() for f in self.findings],
+            "omitted": self.omitted,
+        }
+
+
+def judge_execution(
+    state: RegistryState, command_id: str, before: list[tuple[int, Envelope]], started: Envelope, seq: int
+) -> list[str]:
+    """Why a ``command.started`` at ``seq`` was not allowed (empty when it was).
+
+    ``before`` holds the command's events before ``seq``; the rules are those the dispatcher
+    applies, through the same :mod:`symbiote.registry.policy` functions.
+    """
+    life = fold_command(command_id, before, state)
+    if life.proposal is None:
+        return ["it was started without a valid proposal before it"]
+    policy_mode = life.definition.approval.mode if life.definition is not None else "none"
+    decided_at = started.at
+    if policy_mode == "user" and life.requested_at_seq:
+        request = next((e for s, e in life.events if s == life.requested_at_seq), None)
+        decided_at = request.at if request is not None else started.at
+    definition, denial = check_proposal(state, life.proposal, life.proposal_seq, decided_at)
+    problems: list[str] = []
+    if denial is not None and not (denial.reason == "expired" and life.starts):
+        problems.append(f"its proposal (seq {life.proposal_seq}) was not valid: {denial.reason}: {denial.detail}")
+    if definition is None:
+        return problems
+    if life.terminal is not None:
+        problems.append(f"it was started again after the command had ended at seq {life.terminal_seq}")
+    elif life.starts and not definition.idempotent:
+        problems.append(f"it was run a second time although {definition.name} is not idempotent")
+    if definition.approval.mode == "user":
+        policy = definition.approval
+        if not life.requested_at_seq:
+            problems.append(f"{definition.name} {policy.describe()}, but no approval was ever requested")
+        elif life.rejected_by is not None:
+            problems.append(f"it ran although {life.rejected_by} rejected it")
+        elif not life.quorum_met():
+            got = ", ".join(sorted(life.approvals)) or "nobody"
+            problems.append(
+                f"{definition.name} {policy.describe()}, but only {len(life.approvals)} valid approval(s) "
+                f"preceded it ({got})"
+            )
+    return problems
+
+
+class _Auditor:
+    def __init__(self, report: AuditReport) -> None:
+        self.report = report
+        self.state = RegistryState()
+        self.expected = 1
+        self.last_present = 0
+        self.entries_seq: list[int] = []
+        self.entries: list[bytes] = []
+        self.checkpoint_msgs: dict[int, bytes] = {}
+        self.gaps: list[tuple[int, int]] = []
+        self.lives: dict[str, list[tuple[int, Envelope]]] = {}
+        self.seen_ids: dict[str, int] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, finding: Finding) -> None:
+        count = self._counts.get(finding.kind, 0) + 1
+        self._counts[finding.kind] = count
+        if count > _MAX_PER_KIND:
+            self.report.omitted[finding.kind] = self.report.omitted.get(finding.kind, 0) + 1
+        else:
+            self.report.findings.append(finding)
+
+    # -- the ordered pass -------------------------------------------------------------------
+    def message(self, item: Decoded) -> None:
+        report = self.report
+        seq = item.seq
+        if seq < self.expected:
+            return
+        if seq > self.expected:
+            self._gap(self.expected, seq - 1)
+        self.expected = seq + 1
+        self.last_present = seq
+        report.messages += 1
+        if item.subject == CHECKPOINT_SUBJECT:
+            self.checkpoint_msgs[seq] = item.data
+        else:
+            self.entries_seq.append(seq)
+            self.entries.append(entry_hash(seq, item.subject, item.data))
+        event = item.event
+        if event is None:
+            self.add(
+                Finding(
+                    seq,
+                    "fail",
+                    "unreadable",
+                    f"the message is not a valid signed event ({item.error})",
+                    item.peeked_id,
+                    command_id_of(item.subject),
+                )
+            )
+            return
+        cid = command_id_of(item.subject)
+        report.signatures_checked += len(event.sigs)
+        if item.subject.startswith("sym.reg.") and event.type in REGISTRY_TYPES:
+            verdict = self.state.apply(event, seq)
+            if not verdict.ok:
+                severity: Severity = "fail" if verdict.reason in SIGNATURE_REASONS else "warn"
+                self.add(
+                    Finding(
+                        seq,
+                        severity,
+                        "registry",
+                        f"a registry change was refused: {verdict.reason}: {verdict.detail}",
+                        event.id,
+                    )
+                )
+        else:
+            verdict = verdict_at(self.state.keyring, event, seq, item.sig_ok)
+            if not verdict.ok:
+                self.add(Finding(seq, "fail", "signature", _signature_words(event, verdict), event.id, cid))
+            else:
+                self._check_role(event, seq, verdict, cid)
+        self._check_shape(item, event, cid)
+        earlier = self.seen_ids.get(event.id)
+        if earlier is not None:
+            self.add(Finding(seq, "warn", "replayed", f"event {event.id} appeared before at seq {earlier}", event.id))
+        else:
+            self.seen_ids[event.id] = seq
+        if cid is not None:
+            self._command_event(cid, event, seq)
+
+    def _gap(self, start: int, end: int) -> None:
+        self.gaps.append((start, end))
+        where = f"seq {start}" if start == end else f"seqs {start}–{end}"
+        if start == 1:
+            text = f"the beginning of the log is missing ({where}): it was purged or deleted"
+        else:
+            text = f"{end - start + 1} message(s) are missing from the log ({where}): deleted"
+        self.add(Finding(start, "fail", "gap", text))
+
+    def _check_role(self, event: Envelope, seq: int, verdict: Verdict, cid: str | None) -> None:
+        allowed = EXPECTED_ROLES.get(event.type)
+        if allowed is None:
+            return
+        roles = {c.role for c in verdict.checks}
+        if event.actor_role not in allowed or not roles <= allowed:
+            self.add(
+                Finding(
+                    seq,
+                    "fail",
+                    "wrong_role",
+                    f"{event.type} must be signed by {' or '.join(sorted(allowed))}, "
+                    f"but {event.actor} ({', '.join(sorted(r or '?' for r in roles))}) signed it",
+                    event.id,
+                    cid,
+                )
+            )
+
+    def _check_shape(self, item: Decoded, event: Envelope, cid: str | None) -> None:
+        if event.type not in BODY_TYPES:
+            self.add(Finding(item.seq, "warn", "unknown_type", f"unknown event type {event.type!r}", event.id, cid))
+            return
+        try:
+            parse_body(event)
+            expected_subject = subject_for(event)
+        except DecodeError as exc:
+            self.add(
+                Finding(
+                    item.seq,
+                    "warn",
+                    "malformed",
+                    f"{event.type} body does not fit its type: {exc.fields.get('error', exc.message)}"[:400],
+                    event.id,
+                    cid,
+                )
+            )
+            return
+        if expected_subject != item.subject:
+            self.add(
+                Finding(
+                    item.seq,
+                    "warn",
+                    "subject",
+                    f"{event.type} was published on {item.subject} instead of {expected_subject}",
+                    event.id,
+                    cid,
+                )
+            )
+
+    def _command_event(self, cid: str, event: Envelope, seq: int) -> None:
+        before = self.lives.setdefault(cid, [])
+        if event.type == "command.started":
+            self.report.commands_executed += 1
+            for problem in judge_execution(self.state, cid, before, event, seq):
+                self.add(Finding(seq, "fail", "policy", f"command {cid} ran but {problem}", event.id, cid))
+        elif event.type in ("command.succeeded", "command.failed") and not any(
+            e.type == "command.started" for _, e in before
+        ):
+            self.add(
+                Finding(
+                    seq,
+                    "fail",
+                    "policy",
+                    f"command {cid} has an outcome ({event.type}) but was never started",
+                    event.id,
+                    cid,
+                )
+            )
+        before.append((seq, event))
+
+    # -- after the pass ---------------------------------------------------------------------
+    def root_of(self, record: CheckpointRecord) -> tuple[bytes, int]:
+        lo = bisect.bisect_left(self.entries_seq, record.first_seq)
+        hi = bisect.bisect_right(self.entries_seq, record.last_seq)
+        return compute_root(record.prev, self.entries[lo:hi]), hi - lo
+
+    def first_gap_in(self, first: int, last: int) -> int | None:
+        for start, end in self.gaps:
+            if end >= first and start <= last:
+                return max(start, first)
+        return None
+
+    def check_record(self, record: CheckpointRecord, where: str) -> None:
+        """Recompute a checkpoint's root and count from the messages present now."""
+        if record.last_seq >= record.seq or record.first_seq > record.last_seq + 1:
+            self.add(Finding(record.seq, "fail", "checkpoint", f"{where} covers an impossible range", record.event_id))
+            return
+        root, count = self.root_of(record)
+        if root == record.root and count == record.count:
+            return
+        gap = self.first_gap_in(record.first_seq, record.last_seq)
+        truncated = record.last_seq > self.last_present
+        if truncated:
+            text = (
+                f"{where} signed {record.count} events up to seq {record.last_seq}, but the log now ends at "
+                f"seq {self.last_present}: its tail was cut off"
+            )
+            seq = self.last_present + 1
+        elif count < record.count:
+            text = (
+                f"{where} signed {record.count} events in seqs {record.first_seq}–{record.last_seq}, "
+                f"but only {count} are still there: events were deleted"
+            )
+            seq = gap or record.first_seq
+        else:
+            text = (
+                f"{where} does not match the events in seqs {record.first_seq}–{record.last_seq}: "
+                "they were changed after it was signed"
+            )
+            seq = gap or record.first_seq
+        self.add(Finding(seq, "fail", "checkpoint", text, record.event_id))
+
+
+def _signature_words(event: Envelope, verdict: Verdict) -> str:
+    reason = verdict.reason
+    if reason == "unknown_key":
+        return f"{event.type} from {event.actor} is signed with a key that was not registered ({verdict.detail})"
+    if reason == "revoked_key":
+        return f"{event.type} from {event.actor} is signed with a revoked key ({verdict.detail})"
+    if reason == "bad_signature":
+        return f"{event.type} from {event.actor} has a signature that does not verify ({verdict.detail})"
+    return f"{event.type}: {reason}: {verdict.detail}"
+
+
+def _verify_record(auditor: _Auditor, record: CheckpointRecord, event: Envelope) -> str | None:
+    verdict = auditor.state.keyring.verify(event, record.seq)
+    if not verdict.ok:
+        return f"{verdict.reason}: {verdict.detail}"
+    if any(c.role != "runtime" for c in verdict.checks) or event.actor_role != "runtime":
+        return f"signed by {event.actor}, not by a runtime key"
+    return None
+
+
+def _check_checkpoints(auditor: _Auditor, report: AuditReport, checkpoint_dir: Path | None) -> None:
+    nats_records: dict[int, CheckpointRecord] = {}
+    previous: CheckpointRecord | None = None
+    for seq, data in sorted(auditor.checkpoint_msgs.items()):
+        try:
+            record, event = CheckpointRecord.from_wire(seq, data)
+        except DecodeError as exc:
+            auditor.add(Finding(seq, "fail", "checkpoint", f"a message on the checkpoint subject is not one: {exc}"))
+            continue
+        problem = _verify_record(auditor, record, event)
+        if problem is not None:
+            auditor.add(Finding(seq, "fail", "checkpoint", f"forged checkpoint: {problem}", record.event_id))
+            continue
+        report.checkpoints += 1
+        nats_records[seq] = record
+        expected_first = previous.last_seq + 1 if previous is not None else 1
+        expected_prev = previous.root if previous is not None else None
+        if record.first_seq != expected_first or record.prev != expected_prev:
+            after = f"the checkpoint at seq {previous.seq}" if previous is not None else "the start of the log"
+            auditor.add(
+                Finding(
+                    seq,
+                    "fail",
+                    "fork",
+                    f"the checkpoint at seq {seq} does not continue {after} (starts at seq {record.first_seq}, "
+                    f"expected {expected_first}): a checkpoint is missing or the chain forked",
+                    record.event_id,
+                )
+            )
+        auditor.check_record(record, f"the checkpoint at seq {seq}")
+        previous = record
+    covered = max((r.last_seq for r in nats_records.values()), default=0)
+    files: list[CheckpointRecord] = []
+    if checkpoint_dir is not None:
+        files, problems = load_checkpoint_files(checkpoint_dir)
+        for name, problem in problems:
+            auditor.add(Finding(None, "fail", "checkpoint_file", f"{name}: {problem}"))
+        report.checkpoint_files = len(files)
+        by_seq = {r.seq: r for r in files}
+        file_previous: CheckpointRecord | None = None
+        for record in files:
+            event = from_wire(record.wire)
+            problem = _verify_record(auditor, record, event)
+            if problem is not None:
+                text = f"the checkpoint file for seq {record.seq}: {problem}"
+                auditor.add(Finding(record.seq, "fail", "checkpoint_file", text))
+                continue
+            if file_previous is not None and (
+                record.first_seq != file_previous.last_seq + 1 or record.prev != file_previous.root
+            ):
+                auditor.add(
+                    Finding(
+                        record.seq,
+                        "fail",
+                        "fork",
+                        f"the checkpoint files fork at seq {record.seq}: it does not continue the one at seq "
+                        f"{file_previous.seq}",
+                        record.event_id,
+                    )
+                )
+            file_previous = record
+            in_log = auditor.checkpoint_msgs.get(record.seq)
+            if in_log is None:
+                auditor.add(
+                    Finding(
+                        record.seq,
+                        "fail",
+                        "missing_checkpoint",
+                        f"the checkpoint at seq {record.seq} (covering seqs {record.first_seq}–{record.last_seq}) "
+                        "is kept outside NATS but is missing from the log",
+                        record.event_id,
+                    )
+                )
+                auditor.check_record(record, f"the checkpoint kept outside NATS for seq {record.seq}")
+                covered = max(covered, record.last_seq)
+            elif in_log != record.wire:
+                auditor.add(
+                    Finding(
+                        record.seq,
+                        "fail",
+                        "edited_checkpoint",
+                        f"the checkpoint at seq {record.seq} in the log differs from its copy outside NATS: edited",
+                        record.event_id,
+                    )
+                )
+                auditor.check_record(record, f"the checkpoint kept outside NATS for seq {record.seq}")
+        newest = max(nats_records) if nats_records else None
+        for seq, record in nats_records.items():
+            if seq not in by_seq:
+                auditor.add(
+                    Finding(
+                        seq,
+                        "warn" if seq == newest else "fail",
+                        "unfiled_checkpoint",
+                        f"the checkpoint at seq {seq} has no copy outside NATS",
+                        record.event_id,
+                    )
+                )
+        highest = max((max(r.seq, r.last_seq) for r in files), default=0)
+        if highest > auditor.last_present:
+            auditor.add(
+                Finding(
+                    auditor.last_present + 1,
+                    "fail",
+                    "truncated",
+                    f"the log ends at seq {auditor.last_present}, but checkpoints kept outside NATS show that it "
+                    f"reached at least seq {highest}: its tail was cut off",
+                )
+            )
+    report.covered_through = covered
+    uncovered = [s for s in auditor.entries_seq if s > covered]
+    if uncovered:
+        auditor.add(
+            Finding(
+                uncovered[0],
+                "warn",
+                "uncovered",
+                f"{len(uncovered)} event(s) from seq {uncovered[0]} to {uncovered[-1]} are not yet covered by a "
+                "signed checkpoint",
+            )
+        )
+
+
+async def audit(
+    bus: Bus,
+    *,
+    checkpoint_dir: Path | None,
+    progress: Callable[[int, int], None] | None = None,
+    batch: int = 2048,
+) -> AuditReport:
+    """Re-verify the whole log (see the module doc); ``progress(seq, last_seq)`` is called per batch."""
+    report = AuditReport(checked_at=now_ms(), checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None)
+    auditor = _Auditor(report)
+    state = await bus.stream_state()
+    report.stream_first_seq = int(state.first_seq or 0)
+    report.stream_last_seq = int(state.last_seq or 0)
+    checker = SignatureChecker()
+    try:
+        chunk: list[StoredMsg] = []
+
+        async def flush() -> None:
+            decoded = [decode(m) for m in chunk]
+            await checker.check(decoded)
+            for item in decoded:
+                auditor.message(item)
+            if progress is not None and chunk:
+                progress(chunk[-1].seq, report.stream_last_seq)
+            chunk.clear()
+
+        if report.stream_last_seq:
+            async with reading(bus, "sym.>", from_seq=1, batch=1024) as messages:
+                async for msg in messages:
+                    if msg.seq > report.stream_last_seq:
+                        break
+                    chunk.append(msg)
+                    if len(chunk) >= batch:
+                        await flush()
+            await flush()
+    finally:
+        checker.close()
+    if report.stream_last_seq > auditor.last_present:
+        auditor._gap(auditor.last_present + 1, report.stream_last_seq)
+    _check_checkpoints(auditor, report, checkpoint_dir)
+    if report.messages and not report.checkpoints and checkpoint_dir is not None and not report.checkpoint_files:
+        auditor.add(Finding(None, "warn", "no_checkpoints", "there are no signed checkpoints yet"))
+    report.findings.sort(key=lambda f: (f.seq is None, f.seq or 0, f.severity != "fail"))
+    return report
+
+
+# -- why -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Step:
+    """One step of a command's story."""
+
+    kind: str  # input | proposal | approval_request | approval | rejection | execution | result | denial | note
+    seq: int | None
+    at: int | None
+    who: str | None
+    text: str
+    ok: bool = True
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_map(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "seq": self.seq,
+            "at": self.at,
+            "who": self.who,
+            "text": self.text,
+            "ok": self.ok,
+            "details": jsonable(self.details),
+        }
+
+
+@dataclass
+class CommandStory:
+    """Why a command did what it did: its steps in log order and any policy problems."""
+
+    command_id: str
+    found: bool
+    state: str = "unknown"
+    command: str | None = None
+    steps: list[Step] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def as_map(self) -> dict[str, Any]:
+        return {
+            "command_id": self.command_id,
+            "found": self.found,
+            "state": self.state,
+            "command": self.command,
+            "allowed": not self.problems,
+            "problems": self.problems,
+            "steps": [s.as_map() for s in self.steps],
+        }
+
+    def lines(self) -> list[str]:
+        """The story as plain sentences, one per step."""
+        if not self.found:
+            return [f"No command {self.command_id} in the log."]
+        out = [f"Command {self.command_id} ({self.command or '?'}): {self.state}"]
+        for step in self.steps:
+            where = f"seq {step.seq}" if step.seq is not None else "—"
+            mark = "✓" if step.ok else "✗"
+            out.append(f"  {mark} [{where}] {step.kind}: {step.text}")
+        if self.problems:
+            out.append("Policy problems:")
+            out.extend(f"  ✗ {p}" for p in self.problems)
+        else:
+            out.append("Allowed by the policy in force.")
+        return out
+
+
+async def _find_input(bus: Bus, input_id: str, before_seq: int) -> tuple[int, Envelope] | None:
+    windows = [(max(1, before_seq - 5000), before_seq)]
+    if windows[0][0] > 1:
+        windows.append((1, windows[0][0]))
+    for start, end in windows:
+        async with reading(bus, "sym.in.>", from_seq=start, batch=512) as messages:
+            async for msg in messages:
+                if msg.seq >= end:
+                    break
+                try:
+                    event = from_wire(msg.data)
+                except DecodeError:
+                    continue
+                if event.id == input_id:
+                    return msg.seq, event
+    return None
+
+
+async def why(bus: Bus, command_id: str) -> CommandStory:
+    """The chain of one command: input → proposal (agent, confidence) → approvals → execution → result."""
+    story = CommandStory(command_id, found=False)
+    msgs = await bus.history(f"sym.cmd.{command_id}.>", 1, limit=10_000)
+    if not msgs:
+        return story
+    story.found = True
+    last = msgs[-1].seq
+    state = RegistryState()
+    async with reading(bus, "sym.reg.>", from_seq=1, batch=1024) as messages:
+        async for msg in messages:
+            if msg.seq > last:
+                break
+            with contextlib.suppress(DecodeError):
+                event = from_wire(msg.data)
+                if event.type in REGISTRY_TYPES:
+                    state.apply(event, msg.seq)
+    events: list[tuple[int, Envelope]] = []
+    for msg in msgs:
+        try:
+            events.append((msg.seq, from_wire(msg.data)))
+        except DecodeError as exc:
+            story.steps.append(Step("note", msg.seq, None, None, f"unreadable message on {msg.subject}: {exc}", False))
+    life = fold_command(command_id, events, state)
+    story.state = str(life.summary()["state"]) if (life.proposal or life.terminal) else "no proposal"
+    if life.proposal is not None:
+        story.command = str(life.proposal.body.get("command"))
+        cause = life.proposal.cause
+        found = await _find_input(bus, cause, life.proposal_seq) if cause else None
+        if found is not None:
+            seq, source = found
+            verdict = state.keyring.verify(source, seq)
+            story.steps.append(
+                Step(
+                    "input",
+                    seq,
+                    source.at,
+                    source.actor,
+                    f"{source.actor} asked: {source.body.get('text')!r}",
+                    verdict.ok,
+                    {"event_id": source.id, "type": source.type, "verified": verdict.principals},
+                )
+            )
+    for seq, event in events:
+        story.steps.append(_step(state, life, command_id, seq, event, events))
+    for seq, event in events:
+        if event.type == "command.started":
+            before = [(s, e) for s, e in events if s < seq]
+            story.problems.extend(f"seq {seq}: {p}" for p in judge_execution(state, command_id, before, event, seq))
+    return story
+
+
+def _step(
+    state: RegistryState,
+    life: CommandLife,
+    command_id: str,
+    seq: int,
+    event: Envelope,
+    events: list[tuple[int, Envelope]],
+) -> Step:
+    verdict = state.keyring.verify(event, seq)
+    signed = verdict.ok
+    body = event.body
+    kind = event.type.rsplit(".", 1)[1]
+    who = event.actor
+    if event.type == "command.proposed":
+        text = (
+            f"{who} proposed {body.get('command')} {json.dumps(jsonable(body.get('args')), ensure_ascii=False)} "
+            f"with confidence {body.get('confidence')}"
+        )
+        details = {"event_id": event.id, "verified": verdict.principals}
+        return Step("proposal", seq, event.at, who, text, signed, details)
+    if event.type == "command.approval_requested":
+        text = f"approval requested: needs {body.get('needs')} of {', '.join(map(str, body.get('principals', [])))}"
+        return Step("approval_request", seq, event.at, who, text, signed, {"expires_at": body.get("expires_at")})
+    if event.type in ("command.approved", "command.rejected"):
+        counted = (life.approvals.get(who) == seq) if event.type == "command.approved" else life.rejected_by == who
+        counted = counted and event.id in life.approval_ids
+        verb = "approved" if event.type == "command.approved" else "rejected"
+        text = f"{who} {verb}" + ("" if counted else " (did not count)")
+        return Step("approval" if verb == "approved" else "rejection", seq, event.at, who, text, signed and counted, {})
+    if event.type == "command.started":
+        sandbox = body.get("sandbox") if isinstance(body.get("sandbox"), dict) else {}
+        assert isinstance(sandbox, dict)
+        return Step("execution", seq, event.at, who, f"started in {sandbox.get('backend', '?')}", signed, sandbox)
+    if event.type in ("command.succeeded", "command.failed"):
+        output = body.get("output") if isinstance(body.get("output"), dict) else {}
+        assert isinstance(output, dict)
+        said = output.get("stdout") or output.get("text") or output.get("error") or ""
+        text = f"{kind} with exit code {body.get('exit_code')} after {body.get('duration_ms')} ms: {str(said)[:300]!r}"
+        return Step("result", seq, event.at, who, text, signed, {"output": output})
+    if event.type == "command.denied":
+        ending = event.cause == command_id
+        text = f"denied ({body.get('reason')}): {body.get('detail')}" if ending else f"note: {body.get('detail')}"
+        return Step("denial" if ending else "note", seq, event.at, who, text, signed, {"reason": body.get("reason")})
+    return Step(kind, seq, event.at, who, event.type, signed, {})
+
+
+# -- HTML ------------------------------------------------------------------------------------
+_KIND_WORDS = {
+    "gap": "Missing events",
+    "truncated": "Log cut short",
+    "unreadable": "Unreadable message",
+    "signature": "Signature does not hold",
+    "wrong_role": "Signed by the wrong kind of key",
+    "registry": "Refused registry change",
+    "policy": "Ran without permission",
+    "checkpoint": "Checkpoint does not match",
+    "fork": "Checkpoint chain broken",
+    "missing_checkpoint": "Checkpoint deleted from the log",
+    "edited_checkpoint": "Checkpoint edited",
+    "unfiled_checkpoint": "Checkpoint without an outside copy",
+    "checkpoint_file": "Problem with a checkpoint file",
+    "uncovered": "Not yet covered by a checkpoint",
+    "no_checkpoints": "No checkpoints yet",
+    "replayed": "Event seen twice",
+    "malformed": "Badly formed event",
+    "subject": "Event filed in the wrong place",
+    "unknown_type": "Unknown kind of event",
+}
+
+
+def write_html(report: AuditReport, path: Path) -> None:
+    """Write a self-contained HTML page for people: the verdict first, then a table of findings."""
+    esc = html.escape
+    first = report.first_failure
+    if first is None:
+        verdict = "Everything checks out"
+        verdict_detail = (
+            f"All {report.messages} events in the log were checked. Every signature holds, every command that ran "
+            "was allowed to run, and the log matches its signed checkpoints."
+        )
+        colour = "#1b7f3b"
+    else:
+        where = f"event #{first.seq}" if first.seq is not None else "the checkpoint files"
+        verdict = "Problems found"
+        verdict_detail = f"The first problem is at {where}: {first.message}."
+        colour = "#b3261e"
+    rows = []
+    for finding in report.findings:
+        label = "Problem" if finding.severity == "fail" else "Note"
+        rows.append(
+            "<tr class='{cls}'><td>{seq}</td><td>{label}</td><td>{kind}</td><td>{msg}</td></tr>".format(
+                cls=finding.severity,
+                seq=esc(str(finding.seq)) if finding.seq is not None else "—",
+                label=label,
+                kind=esc(_KIND_WORDS.get(finding.kind, finding.kind)),
+                msg=esc(finding.message),
+            )
+        )
+    omitted = "".join(
+        f"<p>{n} more finding(s) of the kind “{esc(_KIND_WORDS.get(k, k))}” are not listed.</p>"
+        for k, n in report.omitted.items()
+    )
+    table = (
+        "<table><thead><tr><th>Event #</th><th>Severity</th><th>What</th><th>Details</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+        if rows
+        else "<p>Nothing to report.</p>"
+    )
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>symbiote audit report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; color: #222; line-height: 1.5; }}
+.verdict {{ background: {colour}; color: white; padding: 1rem 1.5rem; border-radius: .5rem; }}
+.verdict h1 {{ margin: 0 0 .3rem 0; }}
+table {{ border-collapse: collapse; width: 100%; margin-top: 1rem; }}
+th, td {{ border: 1px solid #ccc; padding: .4rem .6rem; text-align: left; vertical-align: top; }}
+tr.fail td {{ background: #fdecea; }} tr.warn td {{ background: #fff8e1; }}
+dl {{ display: grid; grid-template-columns: max-content auto; gap: .2rem 1rem; }}
+dt {{ font-weight: 600; }}
+</style></head><body>
+<div class="verdict"><h1>{esc(verdict)}</h1><p>{esc(verdict_detail)}</p></div>
+<h2>What was checked</h2>
+<dl>
+<dt>Events in the log</dt><dd>{report.messages} (numbered {report.stream_first_seq} to {report.stream_last_seq})</dd>
+<dt>Signatures checked</dt><dd>{report.signatures_checked}, each against the keys registered at that point</dd>
+<dt>Commands that ran</dt><dd>{report.commands_executed}, each checked against the approval rules in force</dd>
+<dt>Signed checkpoints</dt><dd>{report.checkpoints} in the log, {report.checkpoint_files} copies kept outside it</dd>
+<dt>Covered by checkpoints</dt><dd>events up to #{report.covered_through}</dd>
+</dl>
+<p>A <b>signature</b> proves who wrote an event. A <b>checkpoint</b> is a signed fingerprint of all events
+so far, kept both in the log and in separate files, so that deleting or changing old events shows up.
+“Problem” rows need attention; “Note” rows are for information.</p>
+<h2>Findings</h2>
+{table}
+{omitted}
+</body></html>
+"""
+    path.write_text(page, encoding="utf-8")

@@ -1,0 +1,139 @@
+"""``Projections``: the one component the runtime starts for everything in this package.
+
+It applies the migrations, runs the live :class:`~symbiote.projections.projector.Projector`
+(restarting it after a failure such as PostgreSQL or NATS going away: it resumes from its
+checkpoint) and the :class:`~symbiote.projections.checkpoints.Checkpointer`, and exposes the
+:class:`~symbiote.projections.memory.MemoryStore` (usable at once; it connects on first use).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import structlog
+
+from symbiote.bus.stream import Bus
+from symbiote.errors import BusError, StoreError
+from symbiote.projections.checkpoints import Checkpointer
+from symbiote.projections.db import DB_ERRORS, apply_migrations, connect
+from symbiote.projections.memory import MemoryStore
+from symbiote.projections.projector import Projector
+from symbiote.signers.keys import SigningKey
+
+__all__ = ["Projections"]
+
+log = structlog.get_logger("symbiote.projections")
+
+
+class Projections:
+    """Long-running component: ``async with Projections(...)`` (or ``run()`` / ``shutdown()``).
+
+    ``__aenter__`` applies the migrations first, so a database problem surfaces there; then
+    the projector and the checkpointer run in the background until ``__aexit__``.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        dsn: str,
+        runtime_key: SigningKey,
+        checkpoint_dir: Path,
+        *,
+        checkpoint_interval_s: float = 10.0,
+        checkpoint_idle_s: float = 2.0,
+        schema: str = "public",
+        restart_backoff_s: float = 1.0,
+    ) -> None:
+        self.bus = bus
+        self.dsn = dsn
+        self.schema = schema
+        self.restart_backoff_s = restart_backoff_s
+        self.memory = MemoryStore(dsn, schema=schema)
+        self.checkpointer = Checkpointer(
+            bus,
+            runtime_key,
+            checkpoint_dir,
+            dsn=dsn,
+            schema=schema,
+            interval_s=checkpoint_interval_s,
+            idle_s=checkpoint_idle_s,
+        )
+        self.projector: Projector | None = None
+        self.restarts = 0
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def position(self) -> int:
+        """The last stream sequence the live projector has committed."""
+        return self.projector.position if self.projector is not None else 0
+
+    async def migrate(self) -> None:
+        """Apply the schema migrations (idempotent)."""
+        conn = await connect(self.dsn, self.schema)
+        try:
+            await apply_migrations(conn, self.schema)
+        finally:
+            with contextlib.suppress(*DB_ERRORS):
+                await conn.close()
+
+    async def run(self) -> None:
+        """Run the projector (restarted after failures) and the checkpointer until :meth:`shutdown`."""
+        checkpoints = asyncio.create_task(self.checkpointer.run(), name="checkpointer")
+        try:
+            while not self._stop.is_set():
+                self.projector = Projector(self.bus, self.dsn, schema=self.schema)
+                task = asyncio.create_task(self.projector.run(), name="projector")
+                stop = asyncio.create_task(self._stop.wait())
+                await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                if self._stop.is_set():
+                    self.projector.shutdown()
+                try:
+                    await task
+                except (StoreError, BusError) as exc:
+                    if self._stop.is_set():
+                        break
+                    self.restarts += 1
+                    log.warning("projector.restart", error=str(exc), backoff_s=self.restart_backoff_s)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), self.restart_backoff_s)
+        finally:
+            self.checkpointer.shutdown()
+            await checkpoints
+            await self.memory.close()
+
+    async def wait_for(self, seq: int, timeout: float = 30.0) -> bool:
+        """Wait until the live projections include ``seq``; False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.position < seq:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            projector = self.projector
+            if projector is None:
+                await asyncio.sleep(min(0.05, remaining))
+            else:
+                await projector.wait_for(seq, min(remaining, 0.5))
+        return True
+
+    def shutdown(self) -> None:
+        """Stop projecting and checkpointing (a final checkpoint is made); idempotent."""
+        self._stop.set()
+        if self.projector is not None:
+            self.projector.shutdown()
+        self.checkpointer.shutdown()
+
+    async def __aenter__(self) -> Projections:
+        await self.migrate()
+        self._task = asyncio.create_task(self.run(), name="projections")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.shutdown()
+        if self._task is not None:
+            task, self._task = self._task, None
+            await task

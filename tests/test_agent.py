@@ -1,0 +1,124 @@
+"""The agent on a real nats-server with the real wordllama model."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from symbiote.agents import Agent, IntentMatcher
+from symbiote.agents.extract import extract_args
+from symbiote.bus.envelope import Envelope, from_wire, make_event
+from symbiote.embeddings import load_embedder
+from symbiote.registry import default_definitions
+from symbiote.signers.keys import SigningKey, sign_event
+from tests.helpers import World, eventually, make_world
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest_asyncio.fixture
+async def world(nats_url: str, tmp_path: Path) -> AsyncIterator[World]:
+    w = await make_world(nats_url, tmp_path / "home")
+    try:
+        yield w
+    finally:
+        await w.bus.close()
+
+
+@pytest_asyncio.fixture
+async def agent(world: World) -> AsyncIterator[Agent]:
+    async with Agent(world.bus, world.agent) as a:
+        yield a
+
+
+async def say(world: World, text: str, key: SigningKey | None = None) -> Envelope:
+    signer = key or world.user
+    event = sign_event(make_event("input.text", signer.principal, {"text": text}), signer)
+    await world.bus.publish(event)
+    return event
+
+
+async def answer(world: World, source: Envelope, timeout: float = 10.0) -> Envelope:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        async for msg in world.bus.read("sym.cmd.>"):
+            event = from_wire(msg.data)
+            if event.cause == source.id and event.actor == "agent:main":
+                return event
+        assert asyncio.get_running_loop().time() < deadline, "the agent did not answer"
+        await asyncio.sleep(0.1)
+
+
+def test_intent_ranking_and_extraction() -> None:
+    definitions = {d.name: d for d in default_definitions()}
+    matcher = IntentMatcher(load_embedder())
+    matcher.index(list(definitions.values()))
+    cases = {"echo hello world": "echo", "take a note: buy milk": "note.write", "run ls -la /tmp": "shell.run"}
+    for text, expected in cases.items():
+        ranked = matcher.rank(text)
+        assert ranked[0].command == expected, (text, ranked)
+        assert ranked[0].confidence > definitions[expected].auto_confidence
+        assert ranked[0].confidence - ranked[1].confidence > 0.3
+    assert extract_args(definitions["shell.run"], "run ls -la '/my dir'") == {"argv": ["ls", "-la", "/my dir"]}
+    assert extract_args(definitions["echo"], "echo hello world") == {"text": "hello world"}
+    note = extract_args(definitions["note.write"], "take a note: buy milk")
+    assert note == {"name": "buy-milk.txt", "text": "buy milk\n"}
+    assert extract_args(definitions["echo"], "echo") is None
+
+
+async def test_clear_request_becomes_signed_proposal(world: World, agent: Agent) -> None:
+    source = await say(world, "echo good morning")
+    proposal = await answer(world, source)
+    assert proposal.type == "command.proposed"
+    assert proposal.body["command"] == "echo" and proposal.body["args"] == {"text": "good morning"}
+    assert proposal.body["confidence"] >= 0.6
+    assert proposal.corr == source.id and proposal.cause == source.id
+    assert proposal.sigs[0].kid == world.agent.kid
+    assert world.home.load_key("agent").kid == proposal.sigs[0].kid
+
+
+async def test_unsure_request_asks_and_unknown_request_suggests(world: World, agent: Agent) -> None:
+    clarify = await answer(world, await say(world, "hello"))
+    assert clarify.type == "command.clarify"
+    assert "echo" in clarify.body["question"]
+    assert clarify.body["candidates"][0]["command"] == "echo"
+    suggested = await answer(world, await say(world, "book a flight to Rome"))
+    assert suggested.type == "command.suggested"
+    assert suggested.body["suggestion"]["examples"] == ["book a flight to Rome"]
+
+
+async def test_unsigned_or_unknown_inputs_are_counted_not_answered(world: World, agent: Agent) -> None:
+    await say(world, "echo from a stranger", key=SigningKey.generate("user:stranger"))
+    await world.bus.publish(make_event("input.text", "user:alice", {"text": "echo unsigned"}))
+    await world.bus.publish_raw("sym.in.text", b"\x00garbage")
+    await eventually(lambda: _at_least(agent.counts["rejected_inputs"], 3))
+    fine = await answer(world, await say(world, "echo still here"))
+    assert fine.type == "command.proposed"
+    proposals = [m async for m in world.bus.read("sym.cmd.*.proposed")]
+    assert len(proposals) == 1
+
+
+async def _at_least(value: int, floor: int) -> bool:
+    return value >= floor
+
+
+async def test_agent_learns_outcomes_and_reprocessing_does_not_duplicate(world: World, agent: Agent) -> None:
+    from symbiote.dispatcher import Dispatcher, Executors
+
+    source = await say(world, "echo outcome please")
+    proposal = await answer(world, source)
+    async with Dispatcher(world.bus, world.runtime, Executors(world.home.workspaces_dir)):
+        await eventually(lambda: _is(agent.outcomes.get(proposal.id), "succeeded"))
+    # the same input interpreted again yields the same proposal id: the stream de-duplicates it
+    again = await agent.interpret(source, "echo outcome please", 1)
+    assert again.id == proposal.id
+    proposals = [m async for m in world.bus.read("sym.cmd.*.proposed")]
+    assert len(proposals) == 1
+
+
+async def _is(value: object, expected: object) -> bool:
+    return value == expected

@@ -1,0 +1,586 @@
+"""The HTTPS API against a real nats-server, a real dispatcher and the real uvicorn server.
+
+Every write must be a signed event that verifies against the registry; forged, unsigned,
+mis-signed and replayed writes get a 4xx and never reach the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import ssl
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+import typer
+from cryptography import x509
+from typer.testing import CliRunner
+
+from symbiote.api import (
+    ApiServer,
+    PairingStore,
+    PendingApproval,
+    TelegramNotifier,
+    create_app,
+    describe_risk,
+    describe_sandbox,
+    ensure_certificate,
+    format_telegram_message,
+    proof_message,
+)
+from symbiote.api.tls import CERT_FILE, KEY_FILE
+from symbiote.bootstrap import initialize, register_key
+from symbiote.bus.envelope import Envelope, from_wire, make_event
+from symbiote.bus.ids import now_ms
+from symbiote.bus.stream import Bus
+from symbiote.cli.pairing import register as register_pair
+from symbiote.dispatcher import Dispatcher, Executors
+from symbiote.errors import ConfigError
+from symbiote.home import DataDir
+from symbiote.registry.definition import CommandDefinition
+from symbiote.registry.follower import RegistryFollower
+from symbiote.registry.state import default_definitions
+from symbiote.signers.keys import SigningKey, sign_event
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+@dataclass
+class Stack:
+    bus: Bus
+    home: DataDir
+    api: ApiServer
+    client: httpx.AsyncClient
+    dispatcher: Dispatcher
+
+
+def tls_context(api: ApiServer) -> ssl.SSLContext:
+    """Trust exactly the API's self-signed certificate (hostname checked against its SANs)."""
+    assert api.tls is not None
+    return ssl.create_default_context(cafile=str(api.tls.cert_path))
+
+
+@pytest_asyncio.fixture
+async def stack(nats_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
+    bus = await Bus.connect(nats_url, name="test-api")
+    home = DataDir(tmp_path / "home")
+    await initialize(bus, home, name="me")
+    try:
+        async with (
+            Dispatcher(bus, home.load_key("runtime"), Executors(tmp_path / "ws")) as dispatcher,
+            ApiServer(bus, home, "127.0.0.1", 0) as api,
+            httpx.AsyncClient(base_url=api.url, verify=tls_context(api), timeout=10) as client,
+        ):
+            yield Stack(bus, home, api, client, dispatcher)
+    finally:
+        await bus.close()
+
+
+async def propose(bus: Bus, home: DataDir, command: str, args: dict[str, Any], *, corr: str | None = None) -> Envelope:
+    agent = home.load_key("agent")
+    body = {"command": command, "args": args, "confidence": 0.9, "expires_at": now_ms() + 60_000}
+    event = sign_event(make_event("command.proposed", agent.principal, body, corr=corr), agent)
+    await bus.publish(event)
+    return event
+
+
+def answer(proposal: Envelope, key: SigningKey, *, approve: bool = True, digest: bytes | None = None) -> Envelope:
+    kind = "command.approved" if approve else "command.rejected"
+    body = {"command_id": proposal.id, "digest": digest if digest is not None else proposal.digest()}
+    return sign_event(make_event(kind, key.principal, body, corr=proposal.corr, cause=proposal.id), key)
+
+
+def wire_b64(event: Envelope) -> dict[str, str]:
+    return {"wire": base64.b64encode(event.to_wire()).decode()}
+
+
+async def command_events(bus: Bus, command_id: str) -> list[Envelope]:
+    return [from_wire(m.data) for m in await bus.history(f"sym.cmd.{command_id}.>", 1)]
+
+
+async def wait_type(bus: Bus, command_id: str, kind: str, timeout: float = 10.0) -> Envelope:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for event in await command_events(bus, command_id):
+            if event.type == kind:
+                return event
+        await asyncio.sleep(0.02)
+    types = [e.type for e in await command_events(bus, command_id)]
+    raise AssertionError(f"no {kind} for {command_id}; saw {types}")
+
+
+async def wait_pending(client: httpx.AsyncClient, command_id: str, timeout: float = 5.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        resp = await client.get("/api/approvals")
+        resp.raise_for_status()
+        for item in resp.json():
+            if item["command_id"] == command_id:
+                return dict(item)
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{command_id} never became pending")
+
+
+# -- TLS, health, OpenAPI ---------------------------------------------------------------------
+async def test_https_with_self_signed_certificate(stack: Stack) -> None:
+    api = stack.api
+    assert api.url.startswith("https://127.0.0.1:")
+    resp = await stack.client.get("/api/health")
+    assert resp.status_code == 200
+    assert resp.json()["ok"] is True
+    cert_pem = (stack.home.tls_dir / CERT_FILE).read_bytes()
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    der_sha = hashlib.sha256(
+        cert.public_bytes(encoding=__import__("cryptography").hazmat.primitives.serialization.Encoding.DER)
+    )
+    expected = ":".join(f"{b:02X}" for b in der_sha.digest())
+    assert api.fingerprint == expected == resp.json()["fingerprint"]
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in sans.get_values_for_type(x509.DNSName)
+    assert "127.0.0.1" in [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+    assert os.stat(stack.home.tls_dir / KEY_FILE).st_mode & 0o777 == 0o600
+    # created once: asking again keeps the same certificate
+    assert ensure_certificate(stack.home.tls_dir).fingerprint_colons == expected
+    # plain http is not served
+    with pytest.raises(httpx.HTTPError):
+        async with httpx.AsyncClient() as plain:
+            await plain.get(api.url.replace("https://", "http://") + "/api/health", timeout=2)
+    schema = (await stack.client.get("/openapi.json")).json()
+    for path in (
+        "/api/events",
+        "/api/commands",
+        "/api/approvals",
+        "/api/approvals/stream",
+        "/api/requests",
+        "/api/pair",
+    ):
+        assert path in schema["paths"], path
+    assert "post" in schema["paths"]["/api/approvals"]
+    page = await stack.client.get("/")
+    assert page.status_code == 200
+    assert "Pair this phone" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    manifest = await stack.client.get("/manifest.webmanifest")
+    assert manifest.json()["display"] == "standalone"
+
+
+# -- POST /api/requests -----------------------------------------------------------------------
+async def test_requests_are_verified_before_they_are_appended(stack: Stack) -> None:
+    client, home = stack.client, stack.home
+    user = home.load_key("user")
+    before = await stack.bus.last_seq()
+
+    good = sign_event(make_event("input.text", user.principal, {"text": "echo hi"}), user)
+    resp = await client.post("/api/requests", json=wire_b64(good))
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["id"] == good.id
+    stored = await stack.bus.get(resp.json()["seq"])
+    assert stored is not None and stored.data == good.to_wire()
+
+    as_json = sign_event(make_event("input.text", user.principal, {"text": "json form"}), user)
+    event_map = {
+        **{k: v for k, v in as_json.as_map().items() if k != "sigs"},
+        "sigs": [{"kid": s.kid, "sig": base64.b64encode(s.sig).decode()} for s in as_json.sigs],
+    }
+    resp = await client.post("/api/requests", json={"event": event_map})
+    assert resp.status_code == 202, resp.text
+
+    stranger = SigningKey.generate("user:me")  # right name, unregistered key
+    agent = home.load_key("agent")
+    unsigned = make_event("input.text", user.principal, {"text": "no signature"})
+    tampered = sign_event(make_event("input.text", user.principal, {"text": "harmless"}), user)
+    tampered = tampered.model_copy(update={"body": {"text": "rm -rf ~"}})
+    old = sign_event(make_event("input.text", user.principal, {"text": "old"}, at=now_ms() - 3_600_000), user)
+    wrong_type = sign_event(
+        make_event("command.approved", user.principal, {"command_id": good.id, "digest": bytes(32)}), user
+    )
+    refused = [
+        (sign_event(make_event("input.text", user.principal, {"text": "forged"}), stranger), 401, "unknown_key"),
+        (tampered, 401, "bad_signature"),
+        (unsigned, 401, "bad_signature"),
+        (sign_event(make_event("input.text", agent.principal, {"text": "agent"}), agent), 403, "wrong_role"),
+        (old, 422, "clock_skew"),
+        (wrong_type, 400, "wrong_type"),
+        (good, 409, "duplicate"),
+    ]
+    for event, status, reason in refused:
+        resp = await client.post("/api/requests", json=wire_b64(event))
+        assert (resp.status_code, resp.json()["error"]) == (status, reason), (event.body, resp.text)
+        assert resp.json()["detail"]
+
+    noncanonical = base64.b64encode(json.dumps({"not": "msgpack"}).encode()).decode()
+    for body in ({"wire": noncanonical}, {"wire": "%%%"}, {}, {**wire_b64(good), "event": event_map}):
+        resp = await client.post("/api/requests", json=body)
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"] == "malformed"
+
+    # exactly the two verified requests reached the log
+    appended = [from_wire(m.data) for m in await stack.bus.history("sym.in.>", before + 1)]
+    assert [e.body["text"] for e in appended] == ["echo hi", "json form"]
+
+
+# -- GET /api/events, /api/commands ------------------------------------------------------------
+async def test_events_are_paged_and_verified(stack: Stack) -> None:
+    first = (await stack.client.get("/api/events", params={"from_seq": 1, "limit": 3})).json()
+    assert [row["seq"] for row in first["events"]] == [1, 2, 3]
+    assert first["next_seq"] == 4
+    genesis = first["events"][0]
+    assert genesis["event"]["type"] == "key.registered"
+    assert genesis["verified"] == ["owner:me"]
+    assert genesis["problem"] is None
+    assert base64.b64decode(genesis["event"]["sigs"][0]["sig"])  # bin as base64
+    second = (await stack.client.get("/api/events", params={"from_seq": first["next_seq"], "limit": 500})).json()
+    assert second["events"][0]["seq"] == 4
+    assert all(row["problem"] is None for row in second["events"])
+    keys_only = (await stack.client.get("/api/events", params={"subject": "sym.reg.key"})).json()
+    assert {row["event"]["type"] for row in keys_only["events"]} == {"key.registered"}
+    bad = await stack.client.get("/api/events", params={"subject": "not a subject"})
+    assert bad.status_code == 422
+
+
+# -- approvals ----------------------------------------------------------------------------------
+async def test_approval_is_verified_then_the_command_runs(stack: Stack) -> None:
+    client, bus, home = stack.client, stack.bus, stack.home
+    user, agent = home.load_key("user"), home.load_key("agent")
+    request = sign_event(make_event("input.text", user.principal, {"text": "run echo hi"}), user)
+    await bus.publish(request)
+    proposal = await propose(bus, home, "shell.run", {"argv": ["echo", "hi"]}, corr=request.id)
+    item = await wait_pending(client, proposal.id)
+
+    assert item["command"] == "shell.run"
+    assert item["args"] == {"argv": ["echo", "hi"]}
+    assert item["request_text"] == "run echo hi"
+    assert item["risk_level"] == "high"
+    assert item["risk"].startswith("High risk: runs an arbitrary program")
+    assert "no network access" in item["sandbox"]
+    assert "512 MB" in item["sandbox"]
+    assert item["principals"] == ["user:me"]
+    assert item["needs"] == 1
+    assert item["signed_by"] == []
+    assert item["digest"] == proposal.digest().hex()
+    assert from_wire(base64.b64decode(item["proposal_wire"])) == proposal
+    assert item["expires_at"] > now_ms()
+
+    stranger = SigningKey.generate("user:me")
+    other = await propose(bus, home, "shell.run", {"argv": ["true"]})
+    await wait_pending(client, other.id)
+    refused = [
+        (answer(proposal, stranger), 401, "unknown_key"),
+        (answer(proposal, agent), 403, "wrong_role"),
+        (answer(proposal, user, digest=other.digest()), 422, "approval_digest_mismatch"),
+        (answer(proposal, user).model_copy(update={"actor": "user:someone"}), 401, "bad_signature"),
+        (
+            make_event("command.approved", user.principal, {"command_id": proposal.id, "digest": proposal.digest()}),
+            401,
+            "bad_signature",
+        ),
+    ]
+    unknown = make_event(
+        "command.proposed", agent.principal, {"command": "echo", "args": {}, "confidence": 1.0, "expires_at": 1}
+    )
+    refused.append((answer(unknown, user), 404, "unknown_command"))
+    for event, status, reason in refused:
+        resp = await client.post("/api/approvals", json=wire_b64(event))
+        assert (resp.status_code, resp.json()["error"]) == (status, reason), resp.text
+    assert [e.type for e in await command_events(bus, proposal.id)] == [
+        "command.proposed",
+        "command.approval_requested",
+    ]
+
+    good = answer(proposal, user)
+    resp = await client.post("/api/approvals", json=wire_b64(good))
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["command_id"] == proposal.id
+    succeeded = await wait_type(bus, proposal.id, "command.succeeded")
+    assert succeeded.body["output"]["stdout"] == "hi\n"
+    types = [e.type for e in await command_events(bus, proposal.id)]
+    assert types == [
+        "command.proposed",
+        "command.approval_requested",
+        "command.approved",
+        "command.started",
+        "command.succeeded",
+    ]
+
+    again = await client.post("/api/approvals", json=wire_b64(good))
+    assert (again.status_code, again.json()["error"]) == (409, "duplicate")
+    late = await client.post("/api/approvals", json=wire_b64(answer(proposal, user)))
+    assert (late.status_code, late.json()["error"]) == (409, "not_pending")
+
+    pending_ids = [p["command_id"] for p in (await client.get("/api/approvals")).json()]
+    assert proposal.id not in pending_ids and other.id in pending_ids
+    commands = (await client.get("/api/commands")).json()
+    states = {c["command_id"]: c for c in commands}
+    assert states[proposal.id]["state"] == "succeeded"
+    assert states[proposal.id]["approvals"] == ["user:me"]
+    assert states[proposal.id]["output"] == "hi"
+    assert states[other.id]["state"] == "awaiting_approval"
+    only = (await client.get("/api/commands", params={"state": "succeeded"})).json()
+    assert [c["command_id"] for c in only] == [proposal.id]
+    detail = (await client.get(f"/api/commands/{proposal.id}")).json()
+    assert [row["event"]["type"] for row in detail["events"]] == types
+    assert detail["events"][2]["verified"] == ["user:me"]
+    assert (await client.get(f"/api/commands/{request.id}")).status_code == 404
+
+
+async def test_rejection_denies_the_command(stack: Stack) -> None:
+    user = stack.home.load_key("user")
+    proposal = await propose(stack.bus, stack.home, "shell.run", {"argv": ["touch", "never"]})
+    await wait_pending(stack.client, proposal.id)
+    resp = await stack.client.post("/api/approvals", json=wire_b64(answer(proposal, user, approve=False)))
+    assert resp.status_code == 202, resp.text
+    denied = await wait_type(stack.bus, proposal.id, "command.denied")
+    assert denied.body["reason"] == "rejected_by_user"
+    assert denied.cause == proposal.id
+    assert "command.started" not in [e.type for e in await command_events(stack.bus, proposal.id)]
+    view = (await stack.client.get(f"/api/commands/{proposal.id}")).json()["command"]
+    assert view["state"] == "denied" and view["reason"] == "rejected_by_user"
+
+
+async def test_stream_shows_new_approvals_within_a_second(stack: Stack) -> None:
+    async with stack.client.stream("GET", "/api/approvals/stream") as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        lines = resp.aiter_lines()
+        first = await _next_event(lines)
+        assert first[0] == "approvals"
+        assert first[1]["pending"] == []
+        started = time.monotonic()
+        proposal = await propose(stack.bus, stack.home, "shell.run", {"argv": ["echo", "sse"]})
+        seen: dict[str, float] = {}
+        while "approvals" not in seen or "announce" not in seen:
+            name, data = await asyncio.wait_for(_next_event(lines), 2.0)
+            if name == "approvals" and any(p["command_id"] == proposal.id for p in data["pending"]):
+                seen.setdefault("approvals", time.monotonic() - started)
+            if name == "announce" and data["command_id"] == proposal.id:
+                seen.setdefault("announce", time.monotonic() - started)
+        assert seen["approvals"] < 1.0, seen
+        assert seen["announce"] < 1.0, seen
+        # the stream ends when the server stops (and stopping twice is fine)
+        stopping = asyncio.create_task(stack.api.stop())
+        async with asyncio.timeout(5):
+            async for _ in lines:
+                pass
+            await stopping
+        await stack.api.stop()
+
+
+async def _next_event(lines: AsyncIterator[str]) -> tuple[str, Any]:
+    name, data = "", []
+    async for line in lines:
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            data.append(line[6:])
+        elif line == "" and name:
+            return name, json.loads("\n".join(data))
+    raise AssertionError("stream ended")
+
+
+# -- notifiers ----------------------------------------------------------------------------------
+class Recorder:
+    """A real notifier that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.seen: list[PendingApproval] = []
+
+    async def announce(self, request: PendingApproval) -> None:
+        self.seen.append(request)
+
+
+async def test_notifiers_hear_of_live_requests_only(nats_url: str, tmp_path: Path) -> None:
+    bus = await Bus.connect(nats_url)
+    home = DataDir(tmp_path / "home")
+    await initialize(bus, home, name="me")
+    try:
+        async with Dispatcher(bus, home.load_key("runtime"), Executors(tmp_path / "ws")):
+            old = await propose(bus, home, "shell.run", {"argv": ["true"]})
+            await wait_type(bus, old.id, "command.approval_requested")
+            recorder = Recorder()
+            async with ApiServer(bus, home, "127.0.0.1", 0, notifiers=[recorder]) as api:
+                assert [p.command_id for p in api.board.pending()] == [old.id]
+                new = await propose(bus, home, "shell.run", {"argv": ["true"]})
+                await api.board.wait_for(lambda: len(recorder.seen) > 0, timeout=5)
+                await asyncio.sleep(0.2)
+                assert [p.command_id for p in recorder.seen] == [new.id]  # not the one from before the start
+                assert recorder.seen[0].risk_level == "high"
+    finally:
+        await bus.close()
+
+
+def _pending(**changes: Any) -> PendingApproval:
+    base: dict[str, Any] = {
+        "command_id": "0195f3c2-6d3b-7000-8000-000000000001",
+        "command": "shell.run",
+        "args": {"argv": ["rm", "-rf", "secret-dir"]},
+        "proposed_by": "agent:main",
+        "risk_level": "high",
+        "risk": "High risk: runs an arbitrary program",
+        "sandbox": "Runs in a sandbox",
+        "policy": "needs 1 approval(s)",
+        "needs": 1,
+        "principals": ["user:alice"],
+        "signed_by": [],
+        "digest": "00" * 32,
+        "proposal_wire": "",
+    }
+    return PendingApproval(**{**base, **changes})
+
+
+def test_telegram_message_only_links_to_the_page() -> None:
+    request = _pending()
+    text = format_telegram_message(request, "https://192.0.2.2:8443")
+    assert "https://192.0.2.2:8443/#command=0195f3c2-6d3b-7000-8000-000000000001" in text
+    assert "shell.run" in text and "high risk" in text
+    assert "secret-dir" not in text  # arguments stay on the page
+    notifier = TelegramNotifier("123:token", 42, "https://192.0.2.2:8443")
+    params = notifier.message(request)
+    assert set(params) == {"chat_id", "text", "link_preview_options"}  # no reply_markup: no buttons
+    assert "reply_markup" not in params and "callback" not in json.dumps(params)
+    assert params["text"] == text
+    with pytest.raises(ConfigError):
+        TelegramNotifier("123:token", 42, "http://insecure")
+
+
+def test_plain_words() -> None:
+    by_name = {d.name: d for d in default_definitions()}
+    assert describe_risk(by_name["shell.run"])[0] == "high"
+    assert describe_risk(by_name["echo"]) == ("none", "No risk: only repeats the text")
+    assert "inside symbiote" in describe_sandbox(by_name["echo"])
+    words = describe_sandbox(by_name["shell.run"])
+    assert "no network access" in words and "30 s" in words and "rolled back" in words
+    net = CommandDefinition(name="fetch", description="d", executor="shell", sandbox={"network": ["example.org"]})
+    assert "network access only to example.org" in describe_sandbox(net)
+    assert describe_risk(None)[0] == "unknown"
+
+
+# -- pairing ------------------------------------------------------------------------------------
+async def test_pairing_registers_the_phone_key_once(stack: Stack) -> None:
+    client, home = stack.client, stack.home
+    store = PairingStore(home.root)
+    code, _ = store.create("user:alice")
+    phone = SigningKey.generate("user:alice")
+
+    def request(key: SigningKey, code_: str, proof_key: SigningKey | None = None) -> dict[str, str]:
+        signer = proof_key or key
+        proof = signer.sign(proof_message(code_, key.kid))
+        return {"code": code_, "kid": key.kid, "proof": base64.b64encode(proof).decode()}
+
+    bad_proof = await client.post("/api/pair", json=request(phone, code, proof_key=SigningKey.generate("user:x")))
+    assert (bad_proof.status_code, bad_proof.json()["error"]) == (401, "bad_signature")
+    assert store.exists(code)  # a bad proof does not use up the code
+    wrong = await client.post("/api/pair", json=request(phone, "AAAAA-AAAAA"))
+    assert (wrong.status_code, wrong.json()["error"]) == (403, "pairing_refused")
+    malformed = await client.post("/api/pair", json={"code": "nope", "kid": phone.kid, "proof": "AA=="})
+    assert malformed.status_code == 400
+
+    resp = await client.post("/api/pair", json=request(phone, code.lower().replace("-", " ")))
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["principal"] == "user:alice"
+    state = await RegistryFollower(stack.bus).refresh()
+    entry = state.keyring.entry(phone.kid)
+    assert entry is not None and entry.principal == "user:alice" and entry.role == "user"
+    assert store.take_receipt(code) == {"principal": "user:alice", "kid": phone.kid, "seq": resp.json()["seq"]}
+    info = (await client.get("/api/keys", params={"kid": phone.kid})).json()
+    assert info["principal"] == "user:alice" and info["active"] is True
+
+    reuse = await client.post("/api/pair", json=request(SigningKey.generate("user:alice"), code))
+    assert (reuse.status_code, reuse.json()["error"]) == (403, "pairing_refused")
+    again = await client.post("/api/pair", json=request(phone, store.create("user:alice")[0]))
+    assert (again.status_code, again.json()["error"]) == (409, "duplicate")
+
+    short, _ = store.create("user:bob", ttl_s=1)
+    await asyncio.sleep(1.05)
+    expired = await client.post("/api/pair", json=request(SigningKey.generate("user:bob"), short))
+    assert (expired.status_code, expired.json()["error"]) == (403, "pairing_refused")
+    assert "expired" in expired.json()["detail"]
+    assert not store.exists(short)
+    unknown = await client.get("/api/keys", params={"kid": SigningKey.generate("user:z").kid})
+    assert unknown.status_code == 404
+
+
+def test_cli_pair_prints_code_url_fingerprint_and_qr(tmp_path: Path) -> None:
+    home = DataDir(tmp_path / "home")
+    home.ensure()
+    keys_app = typer.Typer()
+    register_pair(keys_app)
+    keys_app.command("noop")(lambda: None)  # a group with two commands keeps `pair` as a subcommand
+    runner = CliRunner()
+
+    no_cert = runner.invoke(keys_app, ["pair", "--name", "alice", "--data-dir", str(home.root), "--url", "https://h:1"])
+    assert no_cert.exit_code == 1
+    no_url = runner.invoke(keys_app, ["pair", "--name", "alice", "--data-dir", str(home.root)])
+    assert no_url.exit_code == 1 and "not running" in no_url.output
+    bad_name = runner.invoke(keys_app, ["pair", "--name", "Alice!", "--data-dir", str(home.root)])
+    assert bad_name.exit_code == 2
+
+    tls = ensure_certificate(home.tls_dir)
+    args = ["pair", "--name", "alice", "--data-dir", str(home.root), "--url", "https://0.0.0.0:8443", "--no-wait"]
+    result = runner.invoke(keys_app, args)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    link = next(word for word in out.split() if word.startswith("https://"))
+    assert "0.0.0.0" not in link  # a wildcard host becomes a LAN address
+    assert f"fp={tls.fingerprint}" in link
+    code = link.split("#pair=")[1].split("&")[0]
+    assert tls.fingerprint_colons in out
+    assert "▀" in out or "█" in out or "▄" in out  # the QR code
+    ticket = PairingStore(home.root).claim(code)
+    assert ticket.principal == "user:alice"
+    assert ticket.expires_at - now_ms() > 9 * 60 * 1000
+
+    # waiting: the command returns once the API has left its receipt
+    runtime = {"api_url": "https://127.0.0.1:8443", "pid": os.getpid()}
+    home.write_runtime(runtime)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        outcome["result"] = runner.invoke(keys_app, ["pair", "--name", "bob", "--data-dir", str(home.root), "--no-qr"])
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    store = PairingStore(home.root)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not list(store.dir.glob("*.json")):
+        time.sleep(0.05)
+    ticket_file = next(store.dir.glob("*.json"))
+    ticket_file.unlink()  # claimed
+    receipt_name = ticket_file.name.replace(".json", ".done.json")
+    (store.dir / receipt_name).write_text(json.dumps({"principal": "user:bob", "kid": "ed25519:k", "seq": 9}))
+    thread.join(10)
+    result = outcome["result"]
+    assert result.exit_code == 0, result.output
+    assert "paired: user:bob" in result.output
+
+
+# -- the app on its own ---------------------------------------------------------------------------
+async def test_create_app_over_asgi(nats_url: str, tmp_path: Path) -> None:
+    """create_app without a server: it makes and starts its own board on first use."""
+    bus = await Bus.connect(nats_url)
+    home = DataDir(tmp_path / "home")
+    await initialize(bus, home, name="me")
+    app = create_app(bus, home)
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as client:
+            resp = await client.get("/api/health")
+            assert resp.json()["position"] == await bus.last_seq()
+            kid = home.load_key("user").kid
+            assert (await client.get("/api/keys", params={"kid": kid})).json()["principal"] == "user:me"
+            # another owner-registered user shows up at once
+            newcomer = SigningKey.generate("user:carol")
+            await register_key(bus, home.load_key("owner"), newcomer.kid, newcomer.principal)
+            assert (await client.get("/api/keys", params={"kid": newcomer.kid})).json()["principal"] == "user:carol"
+    finally:
+        await app.state.board.stop()
+        await bus.close()

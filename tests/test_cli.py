@@ -1,0 +1,140 @@
+"""The command line as a person uses it: `symbiote up` in its own process, the other commands against it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from symbiote.signers.keys import SigningKey
+
+pytestmark = pytest.mark.timeout(120)
+SYMBIOTE = [sys.executable, "-m", "symbiote.cli"]
+
+
+def cli(data_dir: Path, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [*SYMBIOTE, *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid and stat[0] != "Z":
+                found.add(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    data_dir = tmp_path / "home"
+    proc = subprocess.Popen(
+        [*SYMBIOTE, "up", "--data-dir", str(data_dir), "--no-api", "--log-level", "warning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    runtime = data_dir / "runtime.json"
+    deadline = time.monotonic() + 60
+    while not runtime.exists():
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert time.monotonic() < deadline, "runtime.json never appeared"
+        time.sleep(0.1)
+    try:
+        yield data_dir, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+
+
+def test_init_twice_changes_nothing(tmp_path: Path) -> None:
+    data_dir = tmp_path / "home"
+    first = cli(data_dir, "init", "--name", "alice")
+    assert "keys created: owner:alice, agent:main, runtime:main, user:alice" in first.stdout
+    keys = {p.name: p.read_bytes() for p in (data_dir / "keys").iterdir()}
+    second = cli(data_dir, "init", "--name", "alice")
+    assert "nothing changed" in second.stdout
+    assert keys == {p.name: p.read_bytes() for p in (data_dir / "keys").iterdir()}
+    assert all((data_dir / "keys" / name).stat().st_mode & 0o077 == 0 for name in keys)
+
+
+def test_up_say_events_keys_and_clean_stop(running: tuple[Path, subprocess.Popen[str]], tmp_path: Path) -> None:
+    data_dir, proc = running
+    runtime = json.loads((data_dir / "runtime.json").read_text())
+    assert set(runtime) == {"nats_url", "postgres_dsn", "api_url", "pid"}
+    assert runtime["nats_url"].startswith("nats://127.0.0.1:") and runtime["pid"] == proc.pid
+    assert runtime["postgres_dsn"].startswith("postgresql://")
+
+    said = cli(data_dir, "say", "echo hello cli", "--wait", "--json")
+    lines = [json.loads(line) for line in said.stdout.splitlines()]
+    assert [row["type"] for row in lines[1:]] == ["command.proposed", "command.started", "command.succeeded"]
+    assert lines[-1]["body"]["output"] == {"text": "hello cli"}
+    assert lines[-1]["verified"] == ["runtime:main"]
+
+    risky = cli(data_dir, "say", "run echo approved-from-cli", "--wait", "--json")
+    request = json.loads(risky.stdout.splitlines()[-1])
+    assert request["type"] == "command.approval_requested"
+    command_id = request["body"]["command_id"]
+    pending = cli(data_dir, "approvals", "--json")
+    assert json.loads(pending.stdout.splitlines()[0])["command_id"] == command_id
+    approved = cli(data_dir, "approve", command_id, "--wait", "--json")
+    assert '"command.succeeded"' in approved.stdout and "approved-from-cli" in approved.stdout
+
+    events = [json.loads(line) for line in cli(data_dir, "events", "--json").stdout.splitlines()]
+    assert events[0]["type"] == "key.registered" and events[0]["verified"] == [events[0]["actor"]]
+    assert all(e["problem"] is None for e in events), [e for e in events if e["problem"]]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+
+    device = SigningKey.generate("user:phone")
+    cli(data_dir, "keys", "add", "phone", "--role", "user", "--public-key", device.kid)
+    listed = [json.loads(line) for line in cli(data_dir, "keys", "list", "--json").stdout.splitlines()]
+    assert {"principal": "user:phone", "kid": device.kid}.items() <= next(
+        k for k in listed if k["principal"] == "user:phone"
+    ).items()
+    cli(data_dir, "keys", "revoke", device.kid)
+    listed = [json.loads(line) for line in cli(data_dir, "keys", "list", "--json").stdout.splitlines()]
+    assert next(k for k in listed if k["principal"] == "user:phone")["revoked_seq"] is not None
+    assert cli(data_dir, "keys", "add", "x", "--role", "user", "--public-key", "ed25519:bad", check=False).returncode
+
+    definition = tmp_path / "greet.toml"
+    definition.write_text(
+        'name = "greet"\ndescription = "Greet someone"\nexecutor = "builtin:echo"\n[args_schema]\ntype = "object"\n'
+    )
+    cli(data_dir, "commands", "add", str(definition))
+    names = [json.loads(line)["name"] for line in cli(data_dir, "commands", "list", "--json").stdout.splitlines()]
+    assert names == ["echo", "greet", "note.write", "shell.run"]
+
+    children = _children(proc.pid)
+    assert len(children) >= 2, "nats-server and postgres run as children of `symbiote up`"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    assert not (data_dir / "runtime.json").exists()
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_commands_fail_clearly_when_the_runtime_is_down(tmp_path: Path) -> None:
+    result = cli(tmp_path / "nowhere", "say", "echo hi", check=False)
+    assert result.returncode == 1
+    assert "symbiote up" in result.stderr

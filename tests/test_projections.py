@@ -1,0 +1,469 @@
+"""Projector, migrations, memory: against a real nats-server and a real PostgreSQL with pgvector."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from symbiote.bootstrap import define_command, initialize
+from symbiote.bus.envelope import Envelope, from_wire, make_event
+from symbiote.bus.ids import now_ms
+from symbiote.bus.stream import Bus
+from symbiote.dispatcher import Dispatcher, Executors
+from symbiote.errors import StoreError
+from symbiote.home import DataDir
+from symbiote.projections import (
+    MEMORY_SEARCH_DEFINITION,
+    MemoryStore,
+    Projector,
+    apply_migrations,
+    memory_search_builtin,
+    replay,
+    table_digests,
+)
+from symbiote.projections.db import connect, load_migrations
+from symbiote.projections.fold import Folder
+from symbiote.projections.verify import SignatureChecker, decode, verdict_at
+from symbiote.registry.definition import load_definition
+from symbiote.registry.policy import fold_command
+from symbiote.signers.keys import SigningKey, sign_event
+
+pytestmark = pytest.mark.timeout(120)
+
+REPO = Path(__file__).resolve().parent.parent
+RNG = random.Random(20261123)  # noqa: S311 - test data, not cryptography
+
+
+# -- helpers -----------------------------------------------------------------------------------
+@dataclass
+class Actors:
+    """The keys of an initialized data dir, and shortcuts to publish signed events."""
+
+    bus: Bus
+    home: DataDir
+    owner: SigningKey
+    user: SigningKey
+    agent: SigningKey
+    runtime: SigningKey
+
+    async def send(self, event: Envelope) -> int:
+        return (await self.bus.publish(event)).seq
+
+    def sign(self, key: SigningKey, kind: str, body: dict[str, Any], **kw: Any) -> Envelope:
+        return sign_event(make_event(kind, key.principal, body, **kw), key)
+
+    def text(self, text: str, key: SigningKey | None = None) -> Envelope:
+        key = key or self.user
+        return self.sign(key, "input.text", {"text": text})
+
+    def proposal(self, source: Envelope, command: str, args: dict[str, Any], confidence: float = 0.9) -> Envelope:
+        body = {"command": command, "args": args, "confidence": confidence, "expires_at": now_ms() + 600_000}
+        return self.sign(self.agent, "command.proposed", body, corr=source.id, cause=source.id)
+
+    def runtime_event(self, kind: str, proposal: Envelope, **body: Any) -> Envelope:
+        return self.sign(self.runtime, kind, {"command_id": proposal.id, **body}, corr=proposal.corr, cause=proposal.id)
+
+    def approval(self, proposal: Envelope, key: SigningKey | None = None, approve: bool = True) -> Envelope:
+        key = key or self.user
+        kind = "command.approved" if approve else "command.rejected"
+        return self.sign(key, kind, {"command_id": proposal.id, "digest": proposal.digest()}, corr=proposal.corr)
+
+
+@pytest_asyncio.fixture
+async def actors(nats_url: str, tmp_path: Path) -> AsyncIterator[Actors]:
+    bus = await Bus.connect(nats_url)
+    await bus.ensure_stream()
+    home = DataDir(tmp_path / "home")
+    await initialize(bus, home, name="ann")
+    try:
+        yield Actors(
+            bus, home, home.load_key("owner"), home.load_key("user"), home.load_key("agent"), home.load_key("runtime")
+        )
+    finally:
+        await bus.close()
+
+
+def burst(a: Actors, n: int, stranger: SigningKey) -> list[Envelope | bytes]:
+    """About ``n`` signed events of every kind (and a few unreadable messages), in publishing order."""
+    out: list[Envelope | bytes] = []
+    i = 0
+    while len(out) < n:
+        i += 1
+        source = a.text(f"request number {i}: please echo the word {RNG.choice(['red', 'green', 'blue'])}")
+        out.append(source)
+        if i % 23 == 0:
+            out.append(b"\x93not an envelope")
+            out.append(a.text("a message from a stranger", stranger))
+        if i % 5 == 0:
+            proposal = a.proposal(source, "shell.run", {"argv": ["echo", str(i)]})
+            digest = proposal.digest()
+            needs = {"command_id": proposal.id, "digest": digest, "needs": 1, "principals": [a.user.principal]}
+            out += [
+                proposal,
+                a.runtime_event("command.approval_requested", proposal, **needs, expires_at=now_ms() + 60_000),
+                a.approval(proposal, a.agent),  # wrong role: does not count
+                a.approval(proposal),
+                a.approval(proposal),  # a second approval by the same user
+                a.runtime_event("command.started", proposal, sandbox={"backend": "bwrap"}),
+                a.runtime_event(
+                    "command.failed", proposal, exit_code=1, output={"stderr": f"no {i}"}, duration_ms=i % 97
+                ),
+            ]
+        elif i % 7 == 0:
+            proposal = a.proposal(source, "echo", {"text": 17})  # invalid args
+            out += [
+                proposal,
+                a.runtime_event("command.denied", proposal, reason="invalid_args", detail="text: 17 is not a string"),
+            ]
+        else:
+            proposal = a.proposal(source, "echo", {"text": f"word {i}"})
+            out += [
+                proposal,
+                a.runtime_event("command.started", proposal, sandbox={"backend": "inprocess"}),
+                a.runtime_event(
+                    "command.succeeded", proposal, exit_code=0, output={"text": f"word {i}"}, duration_ms=0
+                ),
+            ]
+    return out
+
+
+async def publish_all(bus: Bus, items: list[Envelope | bytes], *, chunk: int = 100, pause: float = 0.0) -> int:
+    """Publish in order, pausing between chunks; return the last sequence."""
+    last = 0
+    for start in range(0, len(items), chunk):
+        acks = []
+        for item in items[start : start + chunk]:
+            if isinstance(item, bytes):
+                acks.append(await bus.publish_raw("sym.in.text", item))
+            else:
+                acks.append(await bus.publish(item))
+        last = max(last, *(ack.seq for ack in acks))
+        if pause:
+            await asyncio.sleep(pause)
+    return last
+
+
+async def fetch(dsn: str, query: str, *args: Any, schema: str = "public") -> list[asyncpg.Record]:
+    conn = await connect(dsn, schema)
+    try:
+        return list(await conn.fetch(query, *args))
+    finally:
+        await conn.close()
+
+
+# -- migrations --------------------------------------------------------------------------------
+async def test_migrations_are_versioned_idempotent_and_schema_targeted(pg_dsn: str) -> None:
+    migrations = load_migrations()
+    assert [m.version for m in migrations] == sorted(m.version for m in migrations)
+    conn = await connect(pg_dsn, "public")
+    try:
+        assert await apply_migrations(conn, "public") == [m.version for m in migrations]
+        assert await apply_migrations(conn, "public") == []
+        assert await apply_migrations(conn, "other_schema") == [m.version for m in migrations]
+        tables = {
+            r["table_name"]
+            for r in await conn.fetch(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'other_schema'"
+            )
+        }
+        assert {"events", "commands", "approvals", "keys", "registry", "memory", "projection_checkpoints"} <= tables
+        index = await conn.fetchval(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' AND indexname = 'memory_embedding_hnsw'"
+        )
+        assert "hnsw" in index and "vector_cosine_ops" in index
+        await conn.execute("UPDATE other_schema.schema_migrations SET checksum = 'edited'")
+        with pytest.raises(StoreError, match="changed afterwards"):
+            await apply_migrations(conn, "other_schema")
+    finally:
+        await conn.close()
+
+
+# -- verification --------------------------------------------------------------------------------
+async def test_verdict_at_equals_keyring_verify(actors: Actors) -> None:
+    a = actors
+    stranger = SigningKey.generate("user:eve")
+    good = a.text("hello")
+    forged = good.model_copy(update={"sigs": ()}).with_sig(a.user.kid, bytes(64))
+    cases = [
+        good,
+        a.text("who am I", stranger),  # unknown key
+        forged,  # bad signature
+        sign_event(make_event("input.text", "user:bob", {"text": "x"}), a.user),  # actor not among signers
+        make_event("input.text", a.user.principal, {"text": "unsigned"}),
+        sign_event(sign_event(make_event("input.text", a.user.principal, {"text": "two"}), a.user), stranger),
+    ]
+    seq = await a.send(a.text("anything"))
+    folder = Folder(a.bus)
+    await folder.prime(seq)
+    checker = SignatureChecker()
+    try:
+        for event in cases:
+            item = decode(_stored(seq + 1, event))
+            await checker.check([item])
+            for position in (1, 3, seq + 1):
+                assert verdict_at(folder.state.keyring, event, position, item.sig_ok) == folder.state.keyring.verify(
+                    event, position
+                )
+    finally:
+        checker.close()
+
+
+def _stored(seq: int, event: Envelope) -> Any:
+    from symbiote.bus.stream import StoredMsg
+
+    return StoredMsg(seq, "sym.in.text", event.to_wire())
+
+
+# -- the projector -----------------------------------------------------------------------------
+async def test_projector_folds_a_real_dispatcher_session(actors: Actors, pg_dsn: str, tmp_path: Path) -> None:
+    a = actors
+    await define_command(a.bus, a.owner, load_definition(MEMORY_SEARCH_DEFINITION))
+    store = MemoryStore(pg_dsn)
+    executors = Executors(tmp_path / "ws", builtins={"memory.search": memory_search_builtin(store)})
+    projector = Projector(a.bus, pg_dsn)
+    try:
+        async with projector, Dispatcher(a.bus, a.runtime, executors):
+            echo_in = a.text("echo the garden needs water")
+            echo = a.proposal(echo_in, "echo", {"text": "the garden needs water"})
+            shell_in = a.text("run ls")
+            shell = a.proposal(shell_in, "shell.run", {"argv": ["ls"]})
+            bad_in = a.text("echo 17")
+            bad = a.proposal(bad_in, "echo", {"text": 17})
+            for event in (echo_in, echo, shell_in, shell, bad_in, bad):
+                await a.send(event)
+            await _wait_state(pg_dsn, echo.id, "succeeded")
+            await _wait_state(pg_dsn, bad.id, "denied")
+            await _wait_state(pg_dsn, shell.id, "awaiting_approval")
+            await a.send(a.approval(shell, a.agent))  # wrong role
+            await a.send(a.approval(shell))
+            await _wait_state(pg_dsn, shell.id, "succeeded", "failed")
+            late = await a.send(a.approval(shell))  # after the command was decided
+            recall_in = a.text("search my memory for the garden")
+            recall = a.proposal(recall_in, "memory.search", {"query": "search my memory for the garden"})
+            await a.send(recall_in)
+            await a.send(recall)
+            await _wait_state(pg_dsn, recall.id, "succeeded")
+            last = await a.bus.last_seq()
+            assert await projector.wait_for(last, 10)
+    finally:
+        await store.close()
+
+    rows = {r["command_id"]: r for r in await fetch(pg_dsn, "SELECT * FROM commands")}
+    assert rows[echo.id]["state"] == "succeeded"
+    assert rows[echo.id]["command"] == "echo" and rows[echo.id]["agent"] == "agent:main"
+    assert json.loads(rows[echo.id]["args"]) == {"text": "the garden needs water"}
+    assert rows[echo.id]["input_id"] == echo_in.id and rows[echo.id]["exit_code"] == 0
+    assert [t["type"] for t in json.loads(rows[echo.id]["timeline"])] == [
+        "command.proposed",
+        "command.started",
+        "command.succeeded",
+    ]
+    assert rows[bad.id]["state"] == "denied" and rows[bad.id]["denial_reason"] == "invalid_args"
+    assert rows[shell.id]["approval_mode"] == "user" and rows[shell.id]["quorum"] == 1
+    assert [x["principal"] for x in json.loads(rows[shell.id]["approvals"])] == ["user:ann"]
+    output = json.loads(rows[recall.id]["output"])
+    assert "the garden needs water" in output["hits"][0]["text"]
+
+    approvals = await fetch(pg_dsn, "SELECT * FROM approvals WHERE command_id = $1 ORDER BY seq", shell.id)
+    assert [(r["principal"], r["counted"], r["reason"]) for r in approvals] == [
+        ("agent:main", False, "wrong_role"),
+        ("user:ann", True, None),
+        ("user:ann", False, "decided"),
+    ]
+    assert approvals[-1]["seq"] == late
+
+    events = await fetch(pg_dsn, "SELECT seq, type, signers, problem FROM events ORDER BY seq")
+    assert [r["seq"] for r in events] == list(range(1, last + 1))
+    assert all(r["problem"] is None and r["signers"] for r in events)
+    keys = await fetch(pg_dsn, "SELECT principal, role FROM keys ORDER BY registered_seq")
+    assert [k["role"] for k in keys] == ["owner", "agent", "runtime", "user"]
+    registry = {r["name"]: r for r in await fetch(pg_dsn, "SELECT * FROM registry")}
+    assert set(registry) == {"echo", "note.write", "shell.run", "memory.search"}
+    assert registry["shell.run"]["approval_mode"] == "user"
+    memory = await fetch(pg_dsn, "SELECT kind, text FROM memory ORDER BY seq")
+    kinds = {(m["kind"], m["text"]) for m in memory}
+    assert ("input", "echo the garden needs water") in kinds
+    assert any(k == "outcome" and t.startswith("echo ") for k, t in kinds)
+    assert not any("memory.search" in t for k, t in kinds if k == "outcome")  # its outcomes are not remembered
+
+    # the projected approvals are those fold_command counts over the same events
+    folder = Folder(a.bus)
+    await folder.prime(last)
+    history = [(m.seq, from_wire(m.data)) for m in await a.bus.history(f"sym.cmd.{shell.id}.>")]
+    life = fold_command(shell.id, history, folder.state)
+    assert life.approvals == {"user:ann": approvals[1]["seq"]}
+
+
+async def _wait_state(dsn: str, command_id: str, *states: str, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            rows = await fetch(dsn, "SELECT state FROM commands WHERE command_id = $1", command_id)
+        except asyncpg.UndefinedTableError:
+            rows = []  # not migrated yet
+        if rows and rows[0]["state"] in states:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{command_id} is {rows[0]['state'] if rows else 'absent'}, not {states}")
+        await asyncio.sleep(0.05)
+
+
+async def test_projector_resumes_from_its_checkpoint(actors: Actors, pg_dsn: str) -> None:
+    a = actors
+    stranger = SigningKey.generate("user:eve")
+    items = burst(a, 400, stranger)
+    last = await publish_all(a.bus, items[:200])
+    first = Projector(a.bus, pg_dsn, follow=False, batch=64)
+    assert (await first.run()).last_seq == last
+    last = await publish_all(a.bus, items[200:])
+    second = Projector(a.bus, pg_dsn, follow=False, batch=64)
+    stats = await second.run()
+    assert stats.last_seq == last and stats.events == last - first.stats.last_seq
+    report = await replay(a.bus, pg_dsn)
+    assert report.ok, (report.mismatches, report.note)
+    problems = await fetch(pg_dsn, "SELECT problem FROM events WHERE problem IS NOT NULL")
+    assert any(p["problem"].startswith("undecodable") for p in problems)
+    assert any(p["problem"].startswith("unknown_key") for p in problems)
+
+
+# -- crash safety --------------------------------------------------------------------------------
+PROJECTOR_SCRIPT = """
+import asyncio, sys
+from symbiote.bus.stream import Bus
+from symbiote.projections.projector import Projector
+
+async def main() -> None:
+    bus = await Bus.connect(sys.argv[1])
+    await Projector(bus, sys.argv[2], batch=int(sys.argv[3])).run()
+
+asyncio.run(main())
+"""
+
+
+def _spawn_projector(nats_url: str, dsn: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-c", PROJECTOR_SCRIPT, nats_url, dsn, str(RNG.choice([64, 128, 256]))],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def _checkpoint(dsn: str) -> int:
+    try:
+        rows = await fetch(dsn, "SELECT last_seq FROM projection_checkpoints WHERE name = 'main'")
+    except asyncpg.UndefinedTableError:
+        return 0  # not migrated yet
+    return int(rows[0]["last_seq"]) if rows else 0
+
+
+async def _consistent(dsn: str) -> int:
+    """The committed checkpoint, after checking every table holds exactly the events up to it."""
+    conn = await connect(dsn)
+    try:
+        async with conn.transaction(isolation="repeatable_read"):
+            checkpoint = await conn.fetchval("SELECT last_seq FROM projection_checkpoints WHERE name = 'main'") or 0
+            count, highest = await conn.fetchrow("SELECT count(*), coalesce(max(seq), 0) FROM events")
+            over = await conn.fetchval("SELECT count(*) FROM commands WHERE last_seq > $1", checkpoint)
+            memory_over = await conn.fetchval("SELECT count(*) FROM memory WHERE seq > $1", checkpoint)
+    finally:
+        await conn.close()
+    assert highest == checkpoint and count == checkpoint, (checkpoint, count, highest)
+    assert over == 0 and memory_over == 0
+    return int(checkpoint)
+
+
+async def test_sigkill_during_a_burst_never_applies_twice_or_skips(actors: Actors, nats_url: str, pg_dsn: str) -> None:
+    a = actors
+    stranger = SigningKey.generate("user:eve")
+    items = burst(a, 5000, stranger)
+    publisher = asyncio.create_task(publish_all(a.bus, items, chunk=50, pause=0.04))
+    kills = 0
+    proc = _spawn_projector(nats_url, pg_dsn)
+    try:
+        while not publisher.done() or kills < 3:
+            before = await _checkpoint(pg_dsn)
+            deadline = asyncio.get_running_loop().time() + 20
+            while await _checkpoint(pg_dsn) <= before and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.02)  # let it commit something first
+            await asyncio.sleep(RNG.uniform(0.0, 0.25))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            print('kill', kills, before, asyncio.get_running_loop().time(), flush=True)
+            await _consistent(pg_dsn)  # whatever was committed is whole
+            proc = _spawn_projector(nats_url, pg_dsn)
+        last = await publisher
+        print('published', last, asyncio.get_running_loop().time(), flush=True)
+        deadline = asyncio.get_running_loop().time() + 60
+        while await _checkpoint(pg_dsn) < last:
+            assert asyncio.get_running_loop().time() < deadline, "the projector did not catch up"
+            await asyncio.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert kills >= 3
+    assert await _consistent(pg_dsn) == last
+    print('caught up', asyncio.get_running_loop().time(), flush=True)
+    report = await replay(a.bus, pg_dsn)
+    print('replayed', report.seconds, report.per_s, asyncio.get_running_loop().time(), flush=True)
+    assert report.compared and not report.mismatches, (report.note, report.mismatches)
+    assert report.through_seq == last
+    conn = await connect(pg_dsn)
+    try:
+        live = await table_digests(conn)
+    finally:
+        await conn.close()
+    assert live == report.digests
+    assert live["events"].rows == last and live["commands"].rows > 1000
+
+
+# -- memory ----------------------------------------------------------------------------------------
+async def test_memory_search_finds_the_relevant_past_input_first(actors: Actors, pg_dsn: str) -> None:
+    a = actors
+    said = [
+        "book a table for two at the italian restaurant on friday",
+        "remind me to water the tomato plants in the garden",
+        "the dentist appointment moved to tuesday at nine",
+        "send the quarterly tax documents to the accountant",
+        "what is the capital of mongolia",
+    ]
+    for text in said:
+        await a.send(a.text(text))
+    await a.send(a.text("a stranger's dentist story", SigningKey.generate("user:eve")))  # unverified: not remembered
+    last = await a.bus.last_seq()
+    assert (await Projector(a.bus, pg_dsn, follow=False).run()).last_seq == last
+    async with MemoryStore(pg_dsn) as store:
+        hits = await store.search("when is my dentist appointment?", k=3)
+        assert hits[0].text == "the dentist appointment moved to tuesday at nine"
+        assert hits[0].score > hits[1].score and len(hits) == 3
+        assert all(h.kind == "input" for h in hits)
+        hits = await store.search("taxes for the accountant")
+        assert hits[0].text == "send the quarterly tax documents to the accountant"
+        search = memory_search_builtin(store)
+        out = await search({"query": "what did I ask you yesterday about the garden", "k": 2})
+        assert out["query"] == "the garden"
+        assert out["hits"][0]["text"] == "remind me to water the tomato plants in the garden"
+        assert set(out["hits"][0]) == {"seq", "text", "at", "score"} and len(out["hits"]) == 2
+        recalled = await store.recall("the dentist appointment moved to tuesday at nine")
+        assert "the dentist appointment moved to tuesday at nine" not in recalled
+        assert not any("stranger" in t for t in recalled)
+    broken = MemoryStore("postgresql://nobody@127.0.0.1:1/none", recall_timeout_s=2)
+    assert await broken.recall("anything") == []  # best effort: never raises
+    with pytest.raises(StoreError):
+        await broken.search("anything")
+    await broken.close()
