@@ -19,14 +19,14 @@ from nats.js import api
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import fresh, merge_results, percentile  # noqa: E402
-from symbiote.bootstrap import define_command  # noqa: E402
-from symbiote.bus.envelope import make_event  # noqa: E402
-from symbiote.bus.ids import now_ms  # noqa: E402
-from symbiote.dispatcher import Dispatcher, Executors  # noqa: E402
-from symbiote.registry.definition import CommandDefinition  # noqa: E402
-from symbiote.sandbox import BubblewrapSandbox, SandboxProfile  # noqa: E402
-from symbiote.signers.keys import sign_event  # noqa: E402
+from bench.common import fresh, merge_results, percentile
+from symbiote.bootstrap import define_command
+from symbiote.bus.envelope import make_event
+from symbiote.bus.ids import now_ms
+from symbiote.dispatcher import Dispatcher, Executors
+from symbiote.registry.definition import CommandDefinition
+from symbiote.sandbox import BubblewrapSandbox, SandboxProfile
+from symbiote.signers.keys import sign_event
 
 NOOP = CommandDefinition(name="noop", description="does nothing", executor="noop", idempotent=True)
 

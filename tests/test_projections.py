@@ -404,11 +404,9 @@ async def test_sigkill_during_a_burst_never_applies_twice_or_skips(actors: Actor
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             kills += 1
-            print('kill', kills, before, asyncio.get_running_loop().time(), flush=True)
             await _consistent(pg_dsn)  # whatever was committed is whole
             proc = _spawn_projector(nats_url, pg_dsn)
         last = await publisher
-        print('published', last, asyncio.get_running_loop().time(), flush=True)
         deadline = asyncio.get_running_loop().time() + 60
         while await _checkpoint(pg_dsn) < last:
             assert asyncio.get_running_loop().time() < deadline, "the projector did not catch up"
@@ -418,9 +416,7 @@ async def test_sigkill_during_a_burst_never_applies_twice_or_skips(actors: Actor
         proc.wait()
     assert kills >= 3
     assert await _consistent(pg_dsn) == last
-    print('caught up', asyncio.get_running_loop().time(), flush=True)
     report = await replay(a.bus, pg_dsn)
-    print('replayed', report.seconds, report.per_s, asyncio.get_running_loop().time(), flush=True)
     assert report.compared and not report.mismatches, (report.note, report.mismatches)
     assert report.through_seq == last
     conn = await connect(pg_dsn)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import msgpack
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from symbiote.bus.canonical import canon, decode_canonical
 from symbiote.bus.ids import is_event_id, new_event_id, now_ms
@@ -53,8 +53,12 @@ class Envelope(BaseModel):
     sigs: tuple[Sig, ...] = Field(default=(), strict=False)
 
     def signing_input(self) -> bytes:
-        """``b"symbiote/v1\\x00" + canon([v, id, type, at, actor, corr, cause, body])``."""
-        return DOMAIN + canon([self.v, self.id, self.type, self.at, self.actor, self.corr, self.cause, self.body])
+        """``b"symbiote/v1\\x00" + canon([v, id, type, at, actor, corr, cause, body])`` (computed once)."""
+        cached: bytes | None = self.__dict__.get(_CACHE)
+        if cached is None:
+            cached = DOMAIN + canon([self.v, self.id, self.type, self.at, self.actor, self.corr, self.cause, self.body])
+            _set_cache(self, cached)
+        return cached
 
     def digest(self) -> bytes:
         """SHA-256 of the signing input: what an approval signs over."""
@@ -81,13 +85,13 @@ class Envelope(BaseModel):
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Envelope:
         """A copy; the cached signing input is dropped, since ``update`` may change signed fields."""
         copy = super().model_copy(update=update, deep=deep)
-        copy._signing_input = None  # type: ignore[attr-defined]
+        _set_cache(copy, None)
         return copy
 
     def with_sig(self, kid: str, sig: bytes) -> Envelope:
         """A copy with one more signature appended (the signing input does not change)."""
         copy = self.model_copy(update={"sigs": (*self.sigs, Sig(kid=kid, sig=sig))})
-        copy._signing_input = getattr(self, "_signing_input", None)  # type: ignore[attr-defined]
+        _set_cache(copy, self.__dict__.get(_CACHE))
         return copy
 
     @property
@@ -146,7 +150,7 @@ def from_wire(data: bytes, *, max_size: int = MAX_EVENT_BYTES) -> Envelope:
         raise DecodeError("envelope fields invalid", event_id=event_id, error=_short(exc)) from exc
     # the decoded maps are already in canonical order (the bytes were canonical): pack directly
     parts = [raw["v"], raw["id"], raw["type"], raw["at"], raw["actor"], raw["corr"], raw["cause"], raw["body"]]
-    event._signing_input = DOMAIN + msgpack.packb(parts, use_bin_type=True, use_single_float=False)  # type: ignore[attr-defined]
+    _set_cache(event, DOMAIN + msgpack.packb(parts, use_bin_type=True, use_single_float=False))
     return event
 
 
@@ -161,6 +165,14 @@ def peek_id(data: bytes) -> str | None:
     if isinstance(raw, dict) and is_event_id(raw.get("id")):
         return str(raw["id"])
     return None
+
+
+_CACHE = "_signing_input"
+
+
+def _set_cache(event: Envelope, signing_input: bytes | None) -> None:
+    """Remember an envelope's signing input (kept outside the model's fields: not compared, not dumped)."""
+    object.__setattr__(event, _CACHE, signing_input)
 
 
 def _short(exc: ValidationError) -> str:
