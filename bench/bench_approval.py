@@ -30,6 +30,7 @@ from symbiote.bootstrap import define_command  # noqa: E402
 from symbiote.bus.envelope import make_event  # noqa: E402
 from symbiote.bus.ids import now_ms  # noqa: E402
 from symbiote.dispatcher import Dispatcher, Executors  # noqa: E402
+from symbiote.logs import configure_logging  # noqa: E402
 from symbiote.registry.definition import ApprovalPolicy, CommandDefinition  # noqa: E402
 from symbiote.signers.keys import sign_event  # noqa: E402
 
@@ -109,6 +110,7 @@ def _table(results: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
+    configure_logging("warning")
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 200
     out = asyncio.run(bench_approval(count))
     merge_results(out)
