@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from symbiote.agents.planner import OpenAIPlanner
 from symbiote.agents.service import Agent
 from symbiote.bootstrap import initialize
 from symbiote.bus.server import NatsServer, NatsServerConfig
@@ -45,6 +46,8 @@ class RuntimeOptions:
     api_host: str = "127.0.0.1"
     api_port: int = 8443
     name: str | None = None
+    llm_url: str | None = None
+    llm_model: str | None = None
 
 
 Component = Callable[[], Awaitable[None]]
@@ -99,7 +102,10 @@ class Runtime:
             self.postgres_dsn = pg.dsn
         self.dispatcher = Dispatcher(self.bus, self.home.load_key("runtime"), Executors(self.home.workspaces_dir))
         await stack.enter_async_context(self.dispatcher)
-        self.agent = Agent(self.bus, self.home.load_key("agent"))
+        planner = None
+        if self.options.llm_url:
+            planner = OpenAIPlanner(self.options.llm_url, self.options.llm_model or "default")
+        self.agent = Agent(self.bus, self.home.load_key("agent"), planner=planner)
         await stack.enter_async_context(self.agent)
         self.home.write_runtime(
             {"nats_url": self.nats_url, "postgres_dsn": self.postgres_dsn, "api_url": self.api_url, "pid": os.getpid()}

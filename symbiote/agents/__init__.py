@@ -2,6 +2,7 @@
 
 from symbiote.agents.extract import extract_args
 from symbiote.agents.intent import Candidate, IntentMatcher
+from symbiote.agents.planner import LLMPlan, OpenAIPlanner
 from symbiote.agents.service import AGENT_SUBJECTS, Agent, Plan, Planner
 
 __all__ = [
@@ -9,6 +10,8 @@ __all__ = [
     "Agent",
     "Candidate",
     "IntentMatcher",
+    "LLMPlan",
+    "OpenAIPlanner",
     "Plan",
     "Planner",
     "extract_args",

@@ -293,7 +293,7 @@ class ApprovalBoard:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            if self.position >= self._live_from:
+            if self.position >= self._live_from and self.channel.subscribers:
                 self.channel.broadcast(self.snapshot_message())
 
     async def _expiry_loop(self) -> None:

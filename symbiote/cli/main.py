@@ -121,6 +121,13 @@ def up(
     no_api: Annotated[bool, typer.Option("--no-api", help="Do not start the HTTP API")] = False,
     api_port: Annotated[int, typer.Option(help="HTTPS port of the API and phone page")] = 8443,
     demo: Annotated[bool, typer.Option(help="Run a short scripted demo once everything is up")] = False,
+    llm_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SYMBIOTE_LLM_URL", help="OpenAI-compatible API of an LLM planner (vLLM: http://host:8000/v1)"
+        ),
+    ] = None,
+    llm_model: Annotated[str | None, typer.Option(envvar="SYMBIOTE_LLM_MODEL", help="Model name for --llm-url")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Start the embedded servers and the runtime; stop everything on Ctrl-C / SIGTERM."""
@@ -128,7 +135,13 @@ def up(
 
     home = _home(data_dir)
     options = RuntimeOptions(
-        nats_url=nats_url, postgres_dsn=postgres_dsn, postgres=not no_postgres, api=not no_api, api_port=api_port
+        nats_url=nats_url,
+        postgres_dsn=postgres_dsn,
+        postgres=not no_postgres,
+        api=not no_api,
+        api_port=api_port,
+        llm_url=llm_url,
+        llm_model=llm_model,
     )
 
     async def go() -> None:

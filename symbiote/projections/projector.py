@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -59,6 +59,12 @@ class ProjectorStats:
     last_seq: int = 0
     memory_rows: int = 0
     seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)  # seconds spent per stage
+
+    def add(self, stage: str, since: float) -> float:
+        now = time.perf_counter()
+        self.stages[stage] = self.stages.get(stage, 0.0) + now - since
+        return now
 
     @property
     def per_s(self) -> float:
@@ -235,10 +241,16 @@ class Projector:
             if not msgs and not first_round:
                 continue
             first_round = False
+            stats = self.stats
+            mark = time.perf_counter()
             decoded = [decode(m) for m in msgs]
+            mark = stats.add("decode", mark)
             await self.checker.check(decoded)
+            mark = stats.add("signatures", mark)
             await folder.prepare(decoded)
+            mark = stats.add("prepare", mark)
             rows = folder.fold(decoded)
+            mark = stats.add("fold", mark)
             vectors: Any = None
             if rows.memory and self.embedder is not None:
                 texts = [m.text for m in rows.memory]
@@ -246,8 +258,10 @@ class Projector:
                     vectors = await asyncio.to_thread(self.embedder.embed, texts)
                 else:
                     vectors = self.embedder.embed(texts)
+                mark = stats.add("embed", mark)
             if not rows.empty or rows.count:
                 await writes.put((rows, vectors))
+                stats.add("wait_writer", mark)
         await writes.put(None)
 
     async def _write_loop(self, conn: asyncpg.Connection, writes: asyncio.Queue[tuple[Rows, Any] | None]) -> None:
@@ -256,7 +270,9 @@ class Projector:
             if item is None:
                 return
             rows, vectors = item
+            mark = time.perf_counter()
             await self._write(conn, rows, vectors)
+            self.stats.add("write", mark)
             previous = self.position
             if rows.count:
                 self.position = rows.last_seq
