@@ -44,9 +44,14 @@ log = structlog.get_logger("symbiote.agent")
 class Plan(Protocol):
     """What a planner decided: a command with args and confidence, or None (nothing fits)."""
 
-    command: str | None
-    args: dict[str, Any]
-    confidence: float
+    @property
+    def command(self) -> str | None: ...
+
+    @property
+    def args(self) -> dict[str, Any]: ...
+
+    @property
+    def confidence(self) -> float: ...
 
 
 class Planner(Protocol):
