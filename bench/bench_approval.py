@@ -24,15 +24,15 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import fresh, merge_results, percentile  # noqa: E402
-from symbiote.api import ApiServer  # noqa: E402
-from symbiote.bootstrap import define_command  # noqa: E402
-from symbiote.bus.envelope import make_event  # noqa: E402
-from symbiote.bus.ids import now_ms  # noqa: E402
-from symbiote.dispatcher import Dispatcher, Executors  # noqa: E402
-from symbiote.logs import configure_logging  # noqa: E402
-from symbiote.registry.definition import ApprovalPolicy, CommandDefinition  # noqa: E402
-from symbiote.signers.keys import sign_event  # noqa: E402
+from bench.common import fresh, merge_results, percentile
+from symbiote.api import ApiServer
+from symbiote.bootstrap import define_command
+from symbiote.bus.envelope import make_event
+from symbiote.bus.ids import now_ms
+from symbiote.dispatcher import Dispatcher, Executors
+from symbiote.logs import configure_logging
+from symbiote.registry.definition import ApprovalPolicy, CommandDefinition
+from symbiote.signers.keys import sign_event
 
 __all__ = ["bench_approval"]
 

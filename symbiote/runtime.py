@@ -21,6 +21,7 @@ import structlog
 
 from symbiote.agents.planner import OpenAIPlanner
 from symbiote.agents.service import Agent
+from symbiote.api.app import ApiServer
 from symbiote.bootstrap import initialize
 from symbiote.bus.server import NatsServer, NatsServerConfig
 from symbiote.bus.stream import Bus
@@ -107,6 +108,11 @@ class Runtime:
             planner = OpenAIPlanner(self.options.llm_url, self.options.llm_model or "default")
         self.agent = Agent(self.bus, self.home.load_key("agent"), planner=planner)
         await stack.enter_async_context(self.agent)
+        if self.options.api:
+            api = ApiServer(self.bus, self.home, self.options.api_host, self.options.api_port)
+            await stack.enter_async_context(api)
+            self.api_url = api.public_url
+            self.extras["api"] = api
         self.home.write_runtime(
             {"nats_url": self.nats_url, "postgres_dsn": self.postgres_dsn, "api_url": self.api_url, "pid": os.getpid()}
         )

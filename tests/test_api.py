@@ -24,6 +24,7 @@ import pytest
 import pytest_asyncio
 import typer
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner
 
 from symbiote.api import (
@@ -141,9 +142,7 @@ async def test_https_with_self_signed_certificate(stack: Stack) -> None:
     assert resp.json()["ok"] is True
     cert_pem = (stack.home.tls_dir / CERT_FILE).read_bytes()
     cert = x509.load_pem_x509_certificate(cert_pem)
-    der_sha = hashlib.sha256(
-        cert.public_bytes(encoding=__import__("cryptography").hazmat.primitives.serialization.Encoding.DER)
-    )
+    der_sha = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER))
     expected = ":".join(f"{b:02X}" for b in der_sha.digest())
     assert api.fingerprint == expected == resp.json()["fingerprint"]
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -218,6 +217,11 @@ async def test_requests_are_verified_before_they_are_appended(stack: Stack) -> N
         resp = await client.post("/api/requests", json=wire_b64(event))
         assert (resp.status_code, resp.json()["error"]) == (status, reason), (event.body, resp.text)
         assert resp.json()["detail"]
+
+    huge = await client.post(
+        "/api/requests", content=b"x" * (1024 * 1024 + 1), headers={"content-type": "application/json"}
+    )
+    assert (huge.status_code, huge.json()["error"]) == (413, "too_large")
 
     noncanonical = base64.b64encode(json.dumps({"not": "msgpack"}).encode()).decode()
     for body in ({"wire": noncanonical}, {"wire": "%%%"}, {}, {**wire_b64(good), "event": event_map}):
@@ -533,7 +537,7 @@ def test_cli_pair_prints_code_url_fingerprint_and_qr(tmp_path: Path) -> None:
     assert "0.0.0.0" not in link  # a wildcard host becomes a LAN address
     assert f"fp={tls.fingerprint}" in link
     code = link.split("#pair=")[1].split("&")[0]
-    assert tls.fingerprint_colons in out
+    assert tls.fingerprint_colons in out, repr(out[:600])
     assert "▀" in out or "█" in out or "▄" in out  # the QR code
     ticket = PairingStore(home.root).claim(code)
     assert ticket.principal == "user:alice"

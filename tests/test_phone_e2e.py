@@ -197,6 +197,17 @@ async def test_pair_approve_and_reject_on_the_phone(browser: Any, system: tuple[
         await page.locator(f'#recent li.state-denied[data-command-id="{second.id}"]').wait_for(timeout=5_000)
         await page.screenshot(path=ARTIFACTS / "phone-04-rejected.png", full_page=True)
 
+        # typed requests are signed by the phone too
+        before = await bus.last_seq()
+        await page.locator("details.ask summary").click()
+        await page.locator("#ask-text").fill("what is the weather")
+        await page.locator("#ask-form button[type=submit]").click()
+        await page.locator("#ask-status", has_text="Sent").wait_for(timeout=5_000)
+        typed = [from_wire(m.data) for m in await bus.history("sym.in.text", before + 1)]
+        assert [(e.actor, e.body["text"], [s.kid for s in e.sigs]) for e in typed] == [
+            ("user:alice", "what is the weather", [phone_kid])
+        ]
+
         # the page keeps its key across reloads (IndexedDB) and still knows who it is
         await page.reload()
         await page.locator("#main-view").wait_for(state="visible")

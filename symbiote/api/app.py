@@ -48,20 +48,23 @@ from symbiote.bus.envelope import Envelope, from_wire
 from symbiote.bus.events import CommandApproved, CommandRejected, parse_body
 from symbiote.bus.ids import now_ms
 from symbiote.bus.stream import Bus
-from symbiote.errors import DecodeError, ServerStartError, SignatureError, SymbioteError
+from symbiote.errors import BusError, DecodeError, ServerStartError, SignatureError, SymbioteError
 from symbiote.home import DataDir
 from symbiote.registry.policy import Denial, check_approval
 from symbiote.registry.state import REGISTRY_TYPES
 from symbiote.signers.keys import public_key_from_kid, verify_sig
 
 __all__ = [
+    "MAX_BODY_BYTES",
     "MAX_CLOCK_SKEW_MS",
     "STATIC_DIR",
     "AcceptedEvent",
     "ApiRefusal",
     "ApiServer",
+    "CommandDetail",
     "EventPage",
     "EventRow",
+    "Health",
     "KeyInfo",
     "PairRequest",
     "PairResult",
@@ -72,6 +75,7 @@ __all__ = [
 log = structlog.get_logger("symbiote.api")
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_CLOCK_SKEW_MS = 10 * 60 * 1000
+MAX_BODY_BYTES = 1024 * 1024
 _INPUT_ROLES = frozenset({"user", "owner"})
 _SIGNATURE_REASONS = frozenset({"bad_signature", "unknown_key", "revoked_key"})
 _DENIAL_STATUS = {"approval_digest_mismatch": 422, "not_permitted": 403, "wrong_role": 403, "malformed": 400}
@@ -159,6 +163,8 @@ class CommandDetail(BaseModel):
 
 
 class Health(BaseModel):
+    """The API is up; where it is in the log; which certificate it serves."""
+
     ok: bool
     position: int
     fingerprint: str | None = Field(None, description="SHA-256 of the TLS certificate, AB:CD:… form")
@@ -169,7 +175,8 @@ def _refusal(exc: ApiRefusal) -> JSONResponse:
 
 
 class _SecurityHeaders:
-    """Adds a strict content security policy (not on the OpenAPI docs page) and no-cache to responses."""
+    """Refuses oversized bodies; adds a strict content security policy (not on the OpenAPI docs
+    page) and no-cache to responses."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -179,6 +186,11 @@ class _SecurityHeaders:
             await self.app(scope, receive, send)
             return
         path = str(scope.get("path", ""))
+        length = dict(scope.get("headers", [])).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            too_big = ApiRefusal(413, "too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+            await _refusal(too_big)(scope, receive, send)
+            return
 
         async def wrapped(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -209,7 +221,7 @@ async def _board(request: Request) -> ApprovalBoard:
     return board
 
 
-BoardDep = Annotated[ApprovalBoard, Depends(_board)]
+_BoardDep = Annotated[ApprovalBoard, Depends(_board)]
 
 
 def create_app(
@@ -248,8 +260,13 @@ def create_app(
     async def _on_refusal(_: Request, exc: ApiRefusal) -> JSONResponse:
         return _refusal(exc)
 
+    @app.exception_handler(BusError)
+    async def _on_bus_error(_: Request, exc: BusError) -> JSONResponse:
+        log.warning("api.bus_unavailable", error=str(exc))
+        return _refusal(ApiRefusal(503, "unavailable", f"the event log is not reachable: {exc.message}"))
+
     @app.get("/api/health", tags=["meta"])
-    async def health(b: BoardDep) -> Health:
+    async def health(b: _BoardDep) -> Health:
         """Liveness, the API's log position and the certificate fingerprint."""
         return Health(
             ok=True, position=b.position, fingerprint=format_fingerprint(fingerprint) if fingerprint else None
@@ -257,7 +274,7 @@ def create_app(
 
     @app.get("/api/events", tags=["log"])
     async def events(
-        b: BoardDep,
+        b: _BoardDep,
         from_seq: Annotated[int, Query(ge=1, description="first stream sequence")] = 1,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
         subject: Annotated[str, Query(pattern=r"^sym(\.[A-Za-z0-9_*>-]+)*(\.>)?$|^sym\.>$")] = "sym.>",
@@ -271,7 +288,7 @@ def create_app(
 
     @app.get("/api/commands", tags=["commands"])
     async def commands(
-        b: BoardDep,
+        b: _BoardDep,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         state: Annotated[str | None, Query(description="only commands in this state")] = None,
     ) -> list[CommandView]:
@@ -280,7 +297,7 @@ def create_app(
         return b.commands(limit=limit, state=state)
 
     @app.get("/api/commands/{command_id}", tags=["commands"])
-    async def command(b: BoardDep, command_id: str) -> CommandDetail:
+    async def command(b: _BoardDep, command_id: str) -> CommandDetail:
         """One command's state and its events."""
         await b.sync()
         life = b.life(command_id)
@@ -290,7 +307,7 @@ def create_app(
         return CommandDetail(command=view_of(life), events=rows)
 
     @app.get("/api/approvals", tags=["approvals"])
-    async def approvals(b: BoardDep) -> list[PendingApproval]:
+    async def approvals(b: _BoardDep) -> list[PendingApproval]:
         """Commands waiting for approval: what they do, their risk and sandbox in plain words, who may
         sign and who has, the digest to sign and the proposal's wire bytes to check it against."""
         await b.sync()
@@ -302,7 +319,7 @@ def create_app(
         response_class=StreamingResponse,
         responses={200: {"content": {"text/event-stream": {}}}},
     )
-    async def approvals_stream(b: BoardDep) -> StreamingResponse:
+    async def approvals_stream(b: _BoardDep) -> StreamingResponse:
         """Server-sent events: ``approvals`` (the whole pending list and recent commands, on every
         change) and ``announce`` (one newly pending approval)."""
         return StreamingResponse(
@@ -312,7 +329,7 @@ def create_app(
         )
 
     @app.post("/api/approvals", status_code=202, tags=["approvals"])
-    async def answer(b: BoardDep, submission: Submission) -> AcceptedEvent:
+    async def answer(b: _BoardDep, submission: Submission) -> AcceptedEvent:
         """Append a user-signed ``command.approved`` / ``command.rejected`` after verifying it."""
         event = _decode_submission(submission)
         command_id = await _check_answer(b, event)
@@ -323,7 +340,7 @@ def create_app(
         return AcceptedEvent(id=event.id, type=event.type, seq=ack.seq, command_id=command_id)
 
     @app.post("/api/requests", status_code=202, tags=["requests"])
-    async def request(b: BoardDep, submission: Submission) -> AcceptedEvent:
+    async def request(b: _BoardDep, submission: Submission) -> AcceptedEvent:
         """Append a signed ``input.text`` after verifying its signature against the registry."""
         event = _decode_submission(submission)
         if event.type != "input.text":
@@ -341,7 +358,7 @@ def create_app(
         return AcceptedEvent(id=event.id, type=event.type, seq=ack.seq)
 
     @app.post("/api/pair", status_code=201, tags=["pairing"])
-    async def pair(b: BoardDep, body: PairRequest) -> PairResult:
+    async def pair(b: _BoardDep, body: PairRequest) -> PairResult:
         """Register a phone's public key as the user the one-time code was issued for."""
         try:
             code = normalize_code(body.code)
@@ -375,7 +392,7 @@ def create_app(
         return PairResult(principal=ticket.principal, kid=body.kid, seq=seq)
 
     @app.get("/api/keys", tags=["pairing"])
-    async def key_info(b: BoardDep, kid: Annotated[str, Query(description="the kid to look up")]) -> KeyInfo:
+    async def key_info(b: _BoardDep, kid: Annotated[str, Query(description="the kid to look up")]) -> KeyInfo:
         """What ``kid`` is registered as, and whether it is still valid."""
         await b.sync()
         entry = b.state.keyring.entry(kid)
@@ -499,6 +516,7 @@ class _EmbeddedServer(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Any:
+        """Install nothing."""
         yield
 
 

@@ -194,6 +194,7 @@ class ApprovalBoard:
         }
 
     def snapshot_message(self) -> SseMessage:
+        """:meth:`snapshot` as the ``approvals`` server-sent event."""
         return SseMessage("approvals", json.dumps(self.snapshot(), separators=(",", ":")))
 
     def input_text(self, event_id: str) -> str | None:

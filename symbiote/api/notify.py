@@ -39,6 +39,7 @@ class SseMessage:
     data: str
 
     def encode(self) -> bytes:
+        """The event in ``text/event-stream`` framing."""
         lines = "".join(f"data: {line}\n" for line in self.data.splitlines() or [""])
         return f"event: {self.event}\n{lines}\n".encode()
 
@@ -64,6 +65,7 @@ class SseChannel:
 
     @property
     def subscribers(self) -> int:
+        """How many pages are connected."""
         return len(self._subscribers)
 
     async def announce(self, request: PendingApproval) -> None:

@@ -57,6 +57,7 @@ class PairingTicket:
     created_at: int
 
     def as_map(self) -> dict[str, Any]:
+        """The ticket as stored (JSON)."""
         return {"principal": self.principal, "expires_at": self.expires_at, "created_at": self.created_at}
 
 

@@ -282,10 +282,13 @@ class Bus:
         )
         sub = await self.js.pull_subscribe(subject, durable=None, stream=self.stream, config=config)
         try:
+            if not follow and (await sub.consumer_info()).num_pending == 0:
+                return
             while True:
                 try:
                     msgs = await sub.fetch(batch, timeout=1.0 if follow else 0.5)
                 except (TimeoutError, nats.errors.TimeoutError):
+                    _raise_if_cancelling()
                     if follow:
                         continue
                     return
@@ -389,6 +392,13 @@ class PullConsumer:
     def shutdown(self) -> None:
         """Ask ``run()`` to return after the batch in hand; idempotent."""
         self._stop.set()
+
+
+def _raise_if_cancelling() -> None:
+    """nats-py may turn a cancellation inside ``fetch`` into a timeout: do not loop past a cancel."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -55,9 +55,9 @@ def replay_command(
 ) -> None:
     """Rebuild every projection from the log into a fresh schema and prove it equal to the live one."""
     home = _home(data_dir)
-    dsn = _dsn(home, postgres_dsn)
 
     async def go() -> ReplayReport:
+        dsn = _dsn(home, postgres_dsn)
         async with _bus(home, nats_url) as bus:
             return await replay(bus, dsn, into=into, from_seq=from_seq, progress=not as_json, console=err)
 

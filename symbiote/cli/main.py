@@ -120,6 +120,9 @@ def up(
     no_postgres: Annotated[bool, typer.Option("--no-postgres", help="Do not start PostgreSQL")] = False,
     no_api: Annotated[bool, typer.Option("--no-api", help="Do not start the HTTP API")] = False,
     api_port: Annotated[int, typer.Option(help="HTTPS port of the API and phone page")] = 8443,
+    api_host: Annotated[
+        str, typer.Option(help="Address the API listens on (0.0.0.0 to reach it from a phone on your network)")
+    ] = "127.0.0.1",
     demo: Annotated[bool, typer.Option(help="Run a short scripted demo once everything is up")] = False,
     llm_url: Annotated[
         str | None,
@@ -140,6 +143,7 @@ def up(
         postgres=not no_postgres,
         api=not no_api,
         api_port=api_port,
+        api_host=api_host,
         llm_url=llm_url,
         llm_model=llm_model,
     )
@@ -421,6 +425,9 @@ def main() -> None:
 def _register_subcommands() -> None:
     """Commands that live in their own modules register themselves on ``app``."""
     import symbiote.cli.approvals  # noqa: F401 - registers approvals, approve, reject
+    from symbiote.cli.pairing import register as register_pairing
+
+    register_pairing(keys_app)
 
 
 _register_subcommands()

@@ -100,11 +100,13 @@ def register(keys_app: typer.Typer) -> None:
         store = PairingStore(home.root)
         code, ticket = store.create(f"user:{name}", ttl)
         link = pairing_url(base, code, fingerprint, ticket.principal)
-        console.print(f"\nPair a phone as [bold]user:{name}[/bold]")
-        console.print(f"  code:        [bold]{code}[/bold]   (works once, for {ttl // 60} min {ttl % 60} s)")
-        console.print(f"  open:        {link}", soft_wrap=True)
-        console.print(f"  certificate: SHA-256 {format_fingerprint(fingerprint)}", soft_wrap=True)
-        console.print(
+        # plain echo, not rich: the code, link and fingerprint must come out exactly, without
+        # highlighting or wrapping, so that they can be copied
+        typer.echo(f"\nPair a phone as user:{name}")
+        typer.echo(f"  code:        {code}   (works once, for {ttl // 60} min {ttl % 60} s)")
+        typer.echo(f"  open:        {link}")
+        typer.echo(f"  certificate: SHA-256 {format_fingerprint(fingerprint)}")
+        typer.echo(
             "  The browser will warn about the self-signed certificate: continue only if its fingerprint matches."
         )
         if warning:

@@ -41,6 +41,7 @@ from symbiote.projections.checkpoints import CheckpointRecord, compute_root, loa
 from symbiote.projections.fold import command_id_of, jsonable
 from symbiote.projections.verify import (
     CHECKPOINT_SUBJECT,
+    CachedKeyring,
     Decoded,
     SignatureChecker,
     decode,
@@ -218,7 +219,8 @@ def judge_execution(
 class _Auditor:
     def __init__(self, report: AuditReport) -> None:
         self.report = report
-        self.state = RegistryState()
+        self.keyring = CachedKeyring()
+        self.state = RegistryState(keyring=self.keyring)
         self.expected = 1
         self.last_present = 0
         self.entries_seq: list[int] = []
@@ -581,6 +583,7 @@ async def audit(
         async def flush() -> None:
             decoded = [decode(m) for m in chunk]
             await checker.check(decoded)
+            auditor.keyring.remember(decoded)
             for item in decoded:
                 auditor.message(item)
             if progress is not None and chunk:

@@ -19,7 +19,7 @@ import contextlib
 import json
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from symbiote.bus.envelope import Envelope, from_wire
 from symbiote.bus.events import parse_body
 from symbiote.bus.stream import Bus
 from symbiote.errors import DecodeError
-from symbiote.projections.verify import Decoded, reading, verdict_at
+from symbiote.projections.verify import CachedKeyring, Decoded, reading, verdict_at
 from symbiote.registry.policy import CommandLife, Denial, check_approval, fold_command
 from symbiote.registry.state import REGISTRY_TYPES, RegistryState
 from symbiote.signers.keyring import Verdict
@@ -120,6 +120,8 @@ MEMORY_COLUMNS = ("seq", "kind", "event_id", "command_id", "actor", "corr", "at"
 INPUT_ROLES = frozenset({"user", "owner", "runtime"})
 MEMORY_SKIP_COMMANDS = frozenset({"memory.search"})  # its outcomes quote memory; do not remember them
 _INT64_MAX = 2**63 - 1
+EarlierLookup = Callable[[list[str], int], Awaitable[set[str]]]
+"""``(command ids, before seq) -> the ids that have an event before that sequence``."""
 
 
 def pg_text(value: str) -> str:
@@ -142,8 +144,21 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
 def _json(value: Any) -> str:
-    return json.dumps(jsonable(value), ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    """JSON text for a jsonb column (see :func:`jsonable`); the fast path skips the copy when it can."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_json_default)
+    except (ValueError, TypeError):
+        text = ""
+    if not text or "\\u0000" in text:
+        text = json.dumps(jsonable(value), ensure_ascii=False, separators=(",", ":"))
+    return text
 
 
 def _int64(value: Any) -> int | None:
@@ -226,7 +241,8 @@ class Folder:
 
     def __init__(self, bus: Bus | None = None, *, cache_size: int = 200_000, memory: bool = True) -> None:
         self.bus = bus
-        self.state = RegistryState()
+        self.keyring = CachedKeyring()
+        self.state = RegistryState(keyring=self.keyring)
         self.memory = memory
         self.cache_size = cache_size
         self.position = 0  # last stream sequence folded (or primed)
@@ -258,19 +274,37 @@ class Folder:
         self._touched_kids = set(self.state.keyring.keys)
         self._touched_names = set(self.state.commands) | set(self.state.policies)
 
-    async def prepare(self, batch: Sequence[Decoded]) -> None:
-        """Load from the stream the earlier events of commands in ``batch`` that this folder lacks."""
+    async def prepare(self, batch: Sequence[Decoded], *, earlier: EarlierLookup | None = None) -> None:
+        """Load from the stream the earlier events of commands in ``batch`` that this folder lacks.
+
+        ``earlier(ids, before)`` may say which of ``ids`` have any event before ``before`` (the
+        folder's origin), e.g. from the projection's own events table; only those, and the
+        commands evicted from the cache, are then read from the stream.
+        """
         if not batch or self.bus is None:
             return
         first = batch[0].seq
-        found: dict[str, None] = {}
+        unseen: dict[str, None] = {}
+        wanted: list[str] = []
         for item in batch:
             cid = command_id_of(item.subject)
-            if cid is None or cid in self._tracks or cid in found:
+            if cid is None or cid in self._tracks or cid in unseen:
                 continue
-            if self.origin > 1 or cid in self._evicted:
-                found[cid] = None
-        wanted = list(found)
+            if cid in self._evicted:
+                wanted.append(cid)
+                unseen[cid] = None
+            elif self.origin > 1:
+                unseen[cid] = None
+        candidates = [cid for cid in unseen if cid not in self._evicted]
+        if candidates:
+            if earlier is None:
+                wanted.extend(candidates)
+            else:
+                known = await earlier(candidates, self.origin)
+                wanted.extend(cid for cid in candidates if cid in known)
+                for cid in candidates:
+                    if cid not in known:
+                        self._tracks[cid] = _Track()  # nothing before the origin: start empty
         if not wanted:
             return
         bus = self.bus
@@ -297,6 +331,7 @@ class Folder:
         """Fold ``batch`` (ascending sequences, crypto results filled) and return the rows it changes."""
         rows = Rows()
         touched: dict[str, None] = {}
+        self.keyring.remember(batch)
         for item in batch:
             if item.seq <= self.position:
                 continue  # already folded (a redelivery)

@@ -124,6 +124,7 @@ class Projector:
         self._stop = asyncio.Event()
         self._advanced = asyncio.Condition()
         self._task: asyncio.Task[ProjectorStats] | None = None
+        self._lookup: asyncpg.Connection | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
     async def run(self) -> ProjectorStats:
@@ -133,8 +134,11 @@ class Projector:
         tasks: list[asyncio.Task[Any]] = []
         try:
             await apply_migrations(conn, self.schema)
-            self.position = await self._load_checkpoint(conn)
+            self.position, origin = await self._load_checkpoint(conn)
             folder = Folder(self.bus, memory=self.memory)
+            if origin == 1 and self.position > 0:
+                lookup = await connect(self.dsn, self.schema)
+                self._lookup = lookup
             await folder.prime(self.position)
             if self.memory and self.embedder is None:
                 self.embedder = await asyncio.to_thread(load_embedder)
@@ -161,6 +165,10 @@ class Projector:
             await asyncio.gather(*tasks, return_exceptions=True)  # failures were raised above
             with contextlib.suppress(*DB_ERRORS):
                 await conn.close()
+            lookup, self._lookup = self._lookup, None
+            if lookup is not None:
+                with contextlib.suppress(*DB_ERRORS):
+                    await lookup.close()
             if self._own_checker:
                 self.checker.close()
             self.stats.seconds = time.perf_counter() - started
@@ -190,15 +198,30 @@ class Projector:
         return True
 
     # -- stages -----------------------------------------------------------------------------
-    async def _load_checkpoint(self, conn: asyncpg.Connection) -> int:
+    async def _load_checkpoint(self, conn: asyncpg.Connection) -> tuple[int, int]:
+        """(last projected sequence, the sequence the projection began at)."""
         with translate("create checkpoint", projection=self.name):
             await conn.execute(
-                "INSERT INTO projection_checkpoints (name, last_seq, events) VALUES ($1, $2, 0) "
+                "INSERT INTO projection_checkpoints (name, last_seq, events, from_seq) VALUES ($1, $2, 0, $3) "
                 "ON CONFLICT (name) DO NOTHING",
                 self.name,
                 self.from_seq - 1,
+                self.from_seq,
             )
-        return await read_checkpoint(conn, self.name)
+            row = await conn.fetchrow(
+                "SELECT last_seq, from_seq FROM projection_checkpoints WHERE name = $1", self.name
+            )
+        assert row is not None
+        return int(row["last_seq"]), int(row["from_seq"])
+
+    async def _earlier(self, ids: list[str], before: int) -> set[str]:
+        """Which commands have events before ``before``, from this schema's own events table."""
+        assert self._lookup is not None
+        with translate("look up command history", schema=self.schema):
+            rows = await self._lookup.fetch(
+                "SELECT DISTINCT command_id FROM events WHERE command_id = ANY($1::text[]) AND seq < $2", ids, before
+            )
+        return {r["command_id"] for r in rows}
 
     async def _read(self, after: int) -> None:
         """Feed the queue with messages after ``after``, in order; re-open the read after an error."""
@@ -247,7 +270,7 @@ class Projector:
             mark = stats.add("decode", mark)
             await self.checker.check(decoded)
             mark = stats.add("signatures", mark)
-            await folder.prepare(decoded)
+            await folder.prepare(decoded, earlier=self._earlier if self._lookup is not None else None)
             mark = stats.add("prepare", mark)
             rows = folder.fold(decoded)
             mark = stats.add("fold", mark)

@@ -45,11 +45,13 @@ class Projections:
         checkpoint_idle_s: float = 2.0,
         schema: str = "public",
         restart_backoff_s: float = 1.0,
+        drain_s: float = 10.0,
     ) -> None:
         self.bus = bus
         self.dsn = dsn
         self.schema = schema
         self.restart_backoff_s = restart_backoff_s
+        self.drain_s = drain_s
         self.memory = MemoryStore(dsn, schema=schema)
         self.checkpointer = Checkpointer(
             bus,
@@ -101,9 +103,30 @@ class Projections:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stop.wait(), self.restart_backoff_s)
         finally:
+            # the final checkpoint first, then let the projector take it in, so that a clean
+            # stop leaves the projections at the end of the log
             self.checkpointer.shutdown()
             await checkpoints
+            await self._drain()
             await self.memory.close()
+
+    async def _drain(self) -> None:
+        projector = self.projector
+        if projector is None or not self.drain_s:
+            return
+        try:
+            last = await self.bus.last_seq()
+        except BusError:
+            return
+        if projector.position >= last:
+            return
+        restarted = Projector(self.bus, self.dsn, schema=self.schema, follow=False, until_seq=last)
+        try:
+            await asyncio.wait_for(restarted.run(), self.drain_s)
+        except (StoreError, BusError, TimeoutError) as exc:
+            log.warning("projector.drain_incomplete", error=str(exc), last=last)
+        else:
+            self.projector = restarted
 
     async def wait_for(self, seq: int, timeout: float = 30.0) -> bool:
         """Wait until the live projections include ``seq``; False on timeout."""

@@ -23,6 +23,7 @@ import ctypes.util
 import functools
 import hashlib
 import os
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from symbiote.signers.keys import public_key_from_kid, verify_sig
 
 __all__ = [
     "CHECKPOINT_SUBJECT",
+    "CachedKeyring",
     "Decoded",
     "SignatureChecker",
     "decode",
@@ -232,3 +234,44 @@ def verdict_at(keyring: Keyring, event: Envelope, seq: int, sig_ok: Sequence[boo
         roles = sorted({c.role or "?" for c in checks})
         return Verdict(tuple(checks), "wrong_role", f"{event.actor} is not among the signers (roles {roles})")
     return Verdict(tuple(checks), None)
+
+
+@dataclass
+class CachedKeyring(Keyring):
+    """A :class:`Keyring` that remembers the cryptographic result of each signature it has seen.
+
+    The registry rules are applied afresh on every call (:func:`verdict_at`); only the
+    position-independent answer "does this signature by this kid verify over this exact
+    signing input" is reused, keyed by (kid, signature, SHA-256 of the signing input).
+    The policy functions re-verify proposals and approvals many times; this makes that cheap.
+    """
+
+    crypto: OrderedDict[tuple[str, bytes, bytes], bool] = field(default_factory=OrderedDict, repr=False, compare=False)
+    crypto_limit: int = field(default=200_000, repr=False, compare=False)
+
+    def remember(self, batch: Sequence[Decoded]) -> None:
+        """Keep the results :meth:`SignatureChecker.check` computed for ``batch``."""
+        for item in batch:
+            event = item.event
+            if event is None or len(item.sig_ok) != len(event.sigs):
+                continue
+            digest = hashlib.sha256(item.signing_input).digest()
+            for sig, ok in zip(event.sigs, item.sig_ok, strict=True):
+                self.crypto[(sig.kid, sig.sig, digest)] = ok
+        while len(self.crypto) > self.crypto_limit:
+            self.crypto.popitem(last=False)
+
+    def verify(self, event: Envelope, seq: int, *, signing_input: bytes | None = None) -> Verdict:
+        if not event.sigs:
+            return super().verify(event, seq, signing_input=signing_input)
+        message = signing_input if signing_input is not None else event.signing_input()
+        digest = hashlib.sha256(message).digest()
+        results: list[bool] = []
+        for sig in event.sigs:
+            key = (sig.kid, sig.sig, digest)
+            ok = self.crypto.get(key)
+            if ok is None:
+                ok = _check_one(sig.kid, sig.sig, message)
+                self.crypto[key] = ok
+            results.append(ok)
+        return verdict_at(self, event, seq, results)

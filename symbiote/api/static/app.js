@@ -418,6 +418,7 @@ const STATE_WORDS = {
 function renderRecent(recent) {
   const ul = $("recent");
   ul.replaceChildren();
+  $("recent-title").hidden = recent.length === 0;
   for (const c of recent) {
     const li = document.createElement("li");
     li.className = "state-" + c.state;

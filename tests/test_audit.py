@@ -1,0 +1,401 @@
+"""Audit, why and signed checkpoints, against a real nats-server (and PostgreSQL where stated).
+
+Each tamper test damages a real stream the way an attacker with access to NATS could, and
+checks that the audit names the first bad sequence and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import typer
+from typer.testing import CliRunner
+
+from symbiote.bootstrap import initialize
+from symbiote.bus.envelope import Envelope, make_event
+from symbiote.bus.ids import now_ms
+from symbiote.bus.stream import Bus
+from symbiote.cli import history
+from symbiote.dispatcher import Dispatcher, Executors
+from symbiote.home import DataDir
+from symbiote.projections import (
+    CHECKPOINT_SUBJECT,
+    AuditReport,
+    Checkpointer,
+    CheckpointRecord,
+    Projections,
+    audit,
+    compute_root,
+    entry_hash,
+    why,
+    write_html,
+)
+from symbiote.projections.db import connect
+from symbiote.signers.keys import SigningKey, sign_event
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@dataclass
+class World:
+    bus: Bus
+    home: DataDir
+    owner: SigningKey
+    user: SigningKey
+    agent: SigningKey
+    runtime: SigningKey
+
+    async def send(self, event: Envelope) -> int:
+        return (await self.bus.publish(event)).seq
+
+    def sign(self, key: SigningKey, kind: str, body: dict[str, Any], **kw: Any) -> Envelope:
+        return sign_event(make_event(kind, key.principal, body, **kw), key)
+
+    def text(self, text: str, key: SigningKey | None = None) -> Envelope:
+        return self.sign(key or self.user, "input.text", {"text": text})
+
+    def proposal(self, source: Envelope, command: str, args: dict[str, Any]) -> Envelope:
+        body = {"command": command, "args": args, "confidence": 0.9, "expires_at": now_ms() + 600_000}
+        return self.sign(self.agent, "command.proposed", body, corr=source.id, cause=source.id)
+
+    def runtime_event(self, kind: str, proposal: Envelope, **body: Any) -> Envelope:
+        return self.sign(self.runtime, kind, {"command_id": proposal.id, **body}, corr=proposal.corr, cause=proposal.id)
+
+    def approval(self, proposal: Envelope) -> Envelope:
+        body = {"command_id": proposal.id, "digest": proposal.digest()}
+        return self.sign(self.user, "command.approved", body, corr=proposal.corr)
+
+    def checkpointer(self, **kw: Any) -> Checkpointer:
+        return Checkpointer(self.bus, self.runtime, self.home.checkpoints_dir, **kw)
+
+
+@pytest_asyncio.fixture
+async def world(nats_url: str, tmp_path: Path) -> AsyncIterator[World]:
+    bus = await Bus.connect(nats_url)
+    await bus.ensure_stream()
+    home = DataDir(tmp_path / "home")
+    await initialize(bus, home, name="ann")
+    try:
+        yield World(
+            bus, home, home.load_key("owner"), home.load_key("user"), home.load_key("agent"), home.load_key("runtime")
+        )
+    finally:
+        await bus.close()
+
+
+async def session(w: World, tmp_path: Path) -> dict[str, Envelope]:
+    """A real dispatcher decides: an echo, a shell.run approved by the user, a denied proposal."""
+    made: dict[str, Envelope] = {}
+    async with Dispatcher(w.bus, w.runtime, Executors(tmp_path / "ws")) as dispatcher:
+        echo_in = w.text("echo hello")
+        made["echo"] = w.proposal(echo_in, "echo", {"text": "hello"})
+        shell_in = w.text("run uname")
+        made["shell"] = w.proposal(shell_in, "shell.run", {"argv": ["uname"]})
+        bad_in = w.text("echo a number")
+        made["bad"] = w.proposal(bad_in, "echo", {"text": 5})
+        for event in (echo_in, made["echo"], shell_in, made["shell"], bad_in, made["bad"]):
+            await w.send(event)
+        await _until(lambda: dispatcher.counts["approval_requested"] >= 1)
+        await w.send(w.approval(made["shell"]))
+        await _until(lambda: sum(dispatcher.counts[k] for k in ("command.succeeded", "command.failed")) >= 2)
+        await _until(lambda: dispatcher.counts["denied.invalid_args"] >= 1)
+    return made
+
+
+async def _until(check: Any, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def kinds(report: AuditReport) -> set[str]:
+    return {f.kind for f in report.failures}
+
+
+# -- a clean log -------------------------------------------------------------------------------
+async def test_a_clean_log_with_checkpoints_passes(world: World, tmp_path: Path) -> None:
+    w = world
+    made = await session(w, tmp_path)
+    checkpointer = w.checkpointer()
+    first = await checkpointer.checkpoint_now()
+    assert first is not None and first.first_seq == 1 and first.prev is None
+    assert await checkpointer.checkpoint_now() is None  # nothing new: checkpoints never cover themselves
+    await w.send(w.text("one more thing"))
+    second = await checkpointer.checkpoint_now()
+    assert second is not None and second.prev == first.root and second.first_seq == first.last_seq + 1
+    assert second.count == 1  # the first checkpoint event is not covered
+    report = await audit(w.bus, checkpoint_dir=w.home.checkpoints_dir)
+    assert report.ok, report.findings
+    assert report.findings == []
+    assert report.checkpoints == 2 and report.checkpoint_files == 2
+    assert report.covered_through == second.last_seq == report.stream_last_seq - 1
+    assert report.commands_executed == 2
+    assert report.summary().startswith("OK")
+
+    # the root is exactly the documented chain over the covered messages
+    msgs = [m async for m in w.bus.read()]
+    covered = [m for m in msgs if m.subject != CHECKPOINT_SUBJECT and m.seq <= first.last_seq]
+    assert first.root == compute_root(None, [entry_hash(m.seq, m.subject, m.data) for m in covered])
+    assert first.count == len(covered)
+
+    story = await why(w.bus, made["shell"].id)
+    assert story.found and story.command == "shell.run" and story.problems == []
+    assert [s.kind for s in story.steps] == [
+        "input",
+        "proposal",
+        "approval_request",
+        "approval",
+        "execution",
+        "result",
+    ]
+    assert story.steps[0].text == "user:ann asked: 'run uname'"
+    assert story.steps[3].who == "user:ann" and story.steps[3].ok
+    assert "confidence 0.9" in story.steps[1].text and story.steps[1].who == "agent:main"
+    bad = await why(w.bus, made["bad"].id)
+    assert bad.state == "denied" and bad.steps[-1].kind == "denial" and "invalid_args" in bad.steps[-1].text
+    assert not (await why(w.bus, "01234567-89ab-7def-8123-456789abcdef")).found
+
+
+# -- tampering -----------------------------------------------------------------------------------
+async def test_a_deleted_message_is_named(world: World, tmp_path: Path) -> None:
+    w = world
+    await session(w, tmp_path)
+    await w.checkpointer().checkpoint_now()
+    victim = 9
+    await w.bus.js.delete_msg(w.bus.stream, victim)
+    report = await audit(w.bus, checkpoint_dir=w.home.checkpoints_dir)
+    assert not report.ok
+    first = report.first_failure
+    assert first is not None and first.seq == victim and first.kind == "gap"
+    assert "deleted" in first.message
+    assert "checkpoint" in kinds(report)  # the signed count no longer matches
+    assert report.summary().startswith(f"FAILED at seq {victim}")
+
+
+async def test_an_event_signed_with_an_unregistered_key_is_named(world: World, tmp_path: Path) -> None:
+    w = world
+    await w.send(w.text("hello"))
+    mallory = SigningKey.generate("user:ann")  # claims to be ann, with a key nobody registered
+    seq = await w.send(w.text("transfer all my money", mallory))
+    await w.send(w.text("goodbye"))
+    await w.checkpointer().checkpoint_now()
+    report = await audit(w.bus, checkpoint_dir=w.home.checkpoints_dir)
+    first = report.first_failure
+    assert first is not None and first.seq == seq and first.kind == "signature"
+    assert "not registered" in first.message
+    assert len(report.failures) == 1
+
+
+async def test_a_truncated_tail_is_named(world: World, tmp_path: Path) -> None:
+    w = world
+    await session(w, tmp_path)
+    checkpoint = await w.checkpointer().checkpoint_now()
+    assert checkpoint is not None
+    last = await w.bus.last_seq()
+    cut_from = checkpoint.last_seq - 2
+    for seq in range(cut_from, last + 1):
+        await w.bus.js.delete_msg(w.bus.stream, seq)
+    report = await audit(w.bus, checkpoint_dir=w.home.checkpoints_dir)
+    first = report.first_failure
+    assert first is not None and first.seq == cut_from
+    assert {"gap", "truncated", "missing_checkpoint"} <= kinds(report)
+    truncated = next(f for f in report.failures if f.kind == "truncated")
+    assert f"ends at seq {cut_from - 1}" in truncated.message
+
+
+async def test_a_purged_beginning_is_named(world: World, tmp_path: Path) -> None:
+    w = world
+    await session(w, tmp_path)
+    await w.checkpointer().checkpoint_now()
+    await w.bus.js.purge_stream(w.bus.stream, keep=5)
+    report = await audit(w.bus, checkpoint_dir=w.home.checkpoints_dir)
+    first = report.first_failure
+    assert first is not None and first.seq == 1 and first.kind == "gap"
+    assert "beginning of the log is missing" in first.message
+
+
+async def test_a_command_run_without_its_approval_is_named(world: World) -> None:
+    w = world
+    source = w.text("delete everything")
+    await w.send(source)
+    proposal = w.proposal(source, "shell.run", {"argv": ["rm", "-rf", "/"]})
+    await w.send(proposal)
+    started = await w.send(w.runtime_event("command.started", proposal, sandbox={"backend": "bwrap"}))
+    output = {"stdout": "", "stderr": ""}
+    await w.send(w.runtime_event("command.succeeded", proposal, exit_code=0, output=output, duration_ms=3))
+    echo_in = w.text("echo fine")
+    echo = w.proposal(echo_in, "echo", {"text": "fine"})
+    for event in (echo_in, echo, w.runtime_event("command.started", echo, sandbox={"backend": "inprocess"})):
+        await w.send(event)
+    report = await audit(w.bus, checkpoint_dir=w.home.checkpoints_dir)
+    first = report.first_failure
+    assert first is not None and first.seq == started and first.kind == "policy"
+    assert first.command_id == proposal.id
+    assert "no approval was ever requested" in first.message
+    assert [f.seq for f in report.failures] == [started]  # the echo needed no approval
+    story = await why(w.bus, proposal.id)
+    assert story.problems and "no approval" in story.problems[0]
+
+
+async def test_forged_deleted_and_edited_checkpoints_are_named(world: World, tmp_path: Path) -> None:
+    w = world
+    await w.send(w.text("first"))
+    checkpointer = w.checkpointer()
+    one = await checkpointer.checkpoint_now()
+    await w.send(w.text("second"))
+    two = await checkpointer.checkpoint_now()
+    assert one is not None and two is not None
+    # a checkpoint signed by a key that is not a registered runtime key
+    forger = SigningKey.generate("runtime:main")
+    body = {"first_seq": 1, "last_seq": 1, "root": bytes(32), "prev": None, "count": 1}
+    forged = await w.send(w.sign(forger, "audit.checkpoint", body))
+    report = await audit(w.bus, checkpoint_dir=w.home.checkpoints_dir)
+    assert {(f.seq, f.kind) for f in report.failures} == {(forged, "signature"), (forged, "checkpoint")}
+    assert any("forged" in f.message for f in report.failures)
+
+    # the second checkpoint deleted from NATS (its file remains)
+    await w.bus.js.delete_msg(w.bus.stream, two.seq)
+    report = await audit(w.bus, checkpoint_dir=w.home.checkpoints_dir)
+    assert (two.seq, "missing_checkpoint") in {(f.seq, f.kind) for f in report.failures}
+
+    # the first checkpoint's file edited (another root in the file than in the signed event)
+    path = w.home.checkpoints_dir / f"{one.seq:012d}.json"
+    data = json.loads(path.read_text())
+    data["root"] = "00" * 32
+    path.write_text(json.dumps(data))
+    report = await audit(w.bus, checkpoint_dir=w.home.checkpoints_dir)
+    assert any(f.kind == "checkpoint_file" and "root differs" in f.message for f in report.failures)
+
+    # the file's signed event replaced by a different one: the copies disagree
+    other = await Checkpointer(w.bus, w.runtime, tmp_path / "elsewhere").checkpoint_now()
+    assert other is not None
+    record = CheckpointRecord.from_wire(one.seq, other.wire)[0]
+    data = {**record.to_json(), "seq": one.seq}
+    path.write_text(json.dumps(data))
+    report = await audit(w.bus, checkpoint_dir=w.home.checkpoints_dir)
+    assert (one.seq, "edited_checkpoint") in {(f.seq, f.kind) for f in report.failures}
+
+
+async def test_uncovered_events_are_reported_but_do_not_fail(world: World) -> None:
+    w = world
+    await w.checkpointer().checkpoint_now()
+    seq = await w.send(w.text("not yet checkpointed"))
+    report = await audit(w.bus, checkpoint_dir=w.home.checkpoints_dir)
+    assert report.ok
+    assert [(f.seq, f.kind, f.severity) for f in report.findings] == [(seq, "uncovered", "warn")]
+
+
+# -- the service, files and PostgreSQL -------------------------------------------------------------
+async def test_projections_service_checkpoints_on_schedule_and_when_idle(world: World, pg_dsn: str) -> None:
+    w = world
+    service = Projections(
+        w.bus, pg_dsn, w.runtime, w.home.checkpoints_dir, checkpoint_interval_s=0.5, checkpoint_idle_s=0.3
+    )
+    async with service:
+        for i in range(5):
+            await w.send(w.text(f"note {i}"))
+        last = await w.bus.last_seq()
+        assert await service.wait_for(last, 20)
+        await _until(lambda: service.checkpointer.last is not None and service.checkpointer.last.last_seq >= last)
+        hits = await service.memory.search("note 3", k=1)
+        assert hits and hits[0].text.startswith("note")
+    service.shutdown()  # idempotent after the context exits
+    files = sorted(w.home.checkpoints_dir.glob("*.json"))
+    assert files
+    conn = await connect(pg_dsn)
+    try:
+        rows = await conn.fetch("SELECT seq, root FROM audit_checkpoints ORDER BY seq")
+    finally:
+        await conn.close()
+    assert [r["seq"] for r in rows] == [int(f.stem) for f in files]
+    report = await audit(w.bus, checkpoint_dir=w.home.checkpoints_dir)
+    assert report.ok and report.findings == []
+
+
+# -- the command line -----------------------------------------------------------------------------
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    history.register(app)
+    return app
+
+
+def test_cli_audit_exits_non_zero_naming_the_first_bad_seq(nats_url: str, tmp_path: Path) -> None:
+    home = DataDir(tmp_path / "home")
+
+    async def prepare() -> int:
+        async with await Bus.connect(nats_url) as bus:
+            await bus.ensure_stream()
+            await initialize(bus, home, name="ann")
+            await Checkpointer(bus, home.load_key("runtime"), home.checkpoints_dir).checkpoint_now()
+            stranger = SigningKey.generate("user:eve")
+            return (await bus.publish(sign_event(make_event("input.text", "user:eve", {"text": "hi"}), stranger))).seq
+
+    bad = asyncio.run(prepare())
+    runner = CliRunner()
+    html = tmp_path / "report.html"
+    args = ["audit", "--data-dir", str(home.root), "--nats-url", nats_url]
+    result = runner.invoke(_app(), [*args, "--html", str(html)])
+    assert result.exit_code == 1, result.output
+    assert f"FAILED at seq {bad}" in result.output
+    page = html.read_text()
+    assert "Problems found" in page and f"event #{bad}" in page and "<table>" in page
+    result = runner.invoke(_app(), [*args, "--json"])
+    assert result.exit_code == 1
+    data = json.loads(result.output)
+    assert data["ok"] is False and data["first_bad_seq"] == bad
+
+
+def test_cli_why_and_html_for_a_clean_log(nats_url: str, tmp_path: Path) -> None:
+    home = DataDir(tmp_path / "home")
+
+    async def prepare() -> str:
+        async with await Bus.connect(nats_url) as bus:
+            await bus.ensure_stream()
+            await initialize(bus, home, name="ann")
+            w = World(
+                bus,
+                home,
+                home.load_key("owner"),
+                home.load_key("user"),
+                home.load_key("agent"),
+                home.load_key("runtime"),
+            )
+            source = w.text("echo hi")
+            proposal = w.proposal(source, "echo", {"text": "hi"})
+            for event in (
+                source,
+                proposal,
+                w.runtime_event("command.started", proposal, sandbox={"backend": "inprocess"}),
+                w.runtime_event("command.succeeded", proposal, exit_code=0, output={"text": "hi"}, duration_ms=1),
+            ):
+                await w.send(event)
+            await w.checkpointer().checkpoint_now()
+            report = await audit(bus, checkpoint_dir=home.checkpoints_dir)
+            write_html(report, tmp_path / "ok.html")
+            return proposal.id
+
+    command_id = asyncio.run(prepare())
+    assert "Everything checks out" in (tmp_path / "ok.html").read_text()
+    runner = CliRunner()
+    args = ["--data-dir", str(home.root), "--nats-url", nats_url]
+    result = runner.invoke(_app(), ["why", command_id, *args, "--json"])
+    assert result.exit_code == 0, result.output
+    story = json.loads(result.output)
+    assert story["allowed"] is True and [s["kind"] for s in story["steps"]] == [
+        "input",
+        "proposal",
+        "execution",
+        "result",
+    ]
+    result = runner.invoke(_app(), ["why", command_id, *args])
+    assert result.exit_code == 0 and "allowed by the policy in force" in result.output
+    result = runner.invoke(_app(), ["audit", *args])
+    assert result.exit_code == 0, result.output
