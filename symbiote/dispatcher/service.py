@@ -248,7 +248,9 @@ class Dispatcher:
             await self._note(
                 command_id, "expired", "approval signed after the request expired", terminal=False, cause=event.id
             )
-        await self._advance(command_id, delivery)
+            await self._advance(command_id, delivery)  # the note moved the log on: read it again
+            return
+        await self._advance(command_id, delivery, life)
 
     # -- deciding --------------------------------------------------------------------------
     async def _life(self, command_id: str) -> CommandLife:
@@ -257,15 +259,17 @@ class Dispatcher:
             self._remember_corr(command_id, life.proposal.corr)
         return life
 
-    async def _advance(self, command_id: str, delivery: Delivery | None) -> None:
-        """Re-read the command's history and take the next step it calls for (retrying races)."""
+    async def _advance(self, command_id: str, delivery: Delivery | None, life: CommandLife | None = None) -> None:
+        """Take the next step the command's history calls for; re-read it and retry after a race."""
         for _ in range(10):
-            life = await self._life(command_id)
+            if life is None:
+                life = await self._life(command_id)
             try:
                 await self._step(life, delivery)
                 return
             except ConflictError:
                 self.counts["conflicts"] += 1
+                life = None
                 continue
         log.warning("dispatch.gave_up_racing", command_id=command_id)
 
@@ -409,9 +413,25 @@ class Dispatcher:
                 cause=cid,
             )
         )
-        try:
-            await self.bus.publish(event, expect_last_seq=started_seq, expect_subject=f"sym.cmd.{cid}.>")
-        except ConflictError:
+        expect = started_seq
+        for _ in range(10):
+            try:
+                await self.bus.publish(event, expect_last_seq=expect, expect_subject=f"sym.cmd.{cid}.>")
+                break
+            except ConflictError:
+                # something was appended since we started: a note about a late approval or a replay
+                # (then the outcome still belongs here), or a terminal event (then it does not)
+                life = await self._life(cid)
+                if life.terminal is not None:
+                    log.error(
+                        "dispatch.outcome_after_terminal",
+                        command_id=cid,
+                        event_id=event.id,
+                        terminal=life.terminal.type,
+                    )
+                    return
+                expect = life.last_seq
+        else:
             log.error("dispatch.outcome_conflict", command_id=cid, event_id=event.id)
             return
         self.counts[kind] += 1

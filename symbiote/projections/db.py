@@ -92,11 +92,21 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-async def connect(dsn: str, schema: str = "public") -> asyncpg.Connection:
-    """One connection with ``search_path = <schema>, public`` and the vector codec."""
+async def connect(dsn: str, schema: str = "public", *, durable_commits: bool = True) -> asyncpg.Connection:
+    """One connection with ``search_path = <schema>, public`` and the vector codec.
+
+    ``durable_commits=False`` sets ``synchronous_commit = off``: a commit returns before its
+    WAL reaches the disk. A PostgreSQL crash may then lose the last fraction of a second of
+    commits — whole transactions, never part of one — which suits projections: each batch's
+    rows and checkpoint commit together, so after such a crash the projector simply resumes
+    from the older checkpoint and folds those events again, exactly once.
+    """
     check_schema_name(schema)
+    settings = {"search_path": f"{quote_ident(schema)}, public"}
+    if not durable_commits:
+        settings["synchronous_commit"] = "off"
     with translate("connect", schema=schema):
-        conn = await asyncpg.connect(dsn, timeout=10, server_settings={"search_path": f"{quote_ident(schema)}, public"})
+        conn = await asyncpg.connect(dsn, timeout=10, server_settings=settings)
         try:
             await _ensure_vector(conn)
             await _init_connection(conn)

@@ -102,7 +102,8 @@ class MemoryStore:
         vector = await self._embed(text)
         pool = await self._get_pool()
         with translate("memory search", schema=self.schema):
-            async with pool.acquire() as conn:
+            async with pool.acquire() as conn, conn.transaction(readonly=True):
+                await conn.execute("SET LOCAL hnsw.ef_search = 100")
                 rows = await conn.fetch(
                     "SELECT seq, text, at, kind, event_id, command_id, 1 - (embedding <=> $1) AS score "
                     "FROM memory ORDER BY embedding <=> $1, seq DESC LIMIT $2",

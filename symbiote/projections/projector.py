@@ -130,15 +130,14 @@ class Projector:
     async def run(self) -> ProjectorStats:
         """Project until :meth:`shutdown` (or, with ``follow=False``, to the end / ``until_seq``)."""
         started = time.perf_counter()
-        conn = await connect(self.dsn, self.schema)
+        conn = await connect(self.dsn, self.schema, durable_commits=False)
         tasks: list[asyncio.Task[Any]] = []
         try:
             await apply_migrations(conn, self.schema)
             self.position, origin = await self._load_checkpoint(conn)
             folder = Folder(self.bus, memory=self.memory)
             if origin == 1 and self.position > 0:
-                lookup = await connect(self.dsn, self.schema)
-                self._lookup = lookup
+                self._lookup = await connect(self.dsn, self.schema)
             await folder.prime(self.position)
             if self.memory and self.embedder is None:
                 self.embedder = await asyncio.to_thread(load_embedder)
