@@ -22,6 +22,7 @@ import structlog
 from symbiote.agents.planner import OpenAIPlanner
 from symbiote.agents.service import Agent
 from symbiote.api.app import ApiServer
+from symbiote.api.notify import TelegramNotifier
 from symbiote.bootstrap import initialize
 from symbiote.bus.server import NatsServer, NatsServerConfig
 from symbiote.bus.stream import Bus
@@ -112,6 +113,11 @@ class Runtime:
             api = ApiServer(self.bus, self.home, self.options.api_host, self.options.api_port)
             await stack.enter_async_context(api)
             self.api_url = api.public_url
+            token, chat = os.environ.get("SYMBIOTE_TELEGRAM_TOKEN"), os.environ.get("SYMBIOTE_TELEGRAM_CHAT")
+            if token and chat:
+                telegram = TelegramNotifier(token, chat, api.public_url)
+                api.board.notifiers.append(telegram)
+                stack.push_async_callback(telegram.close)
             self.extras["api"] = api
         self.home.write_runtime(
             {"nats_url": self.nats_url, "postgres_dsn": self.postgres_dsn, "api_url": self.api_url, "pid": os.getpid()}
