@@ -39,7 +39,8 @@ from symbiote.projections.fold import (
     Folder,
     Rows,
 )
-from symbiote.projections.verify import SignatureChecker, decode, reading
+from symbiote.projections.reader import read_stream
+from symbiote.projections.verify import SignatureChecker, decode
 
 __all__ = ["CommitHook", "Projector", "ProjectorStats", "read_checkpoint"]
 
@@ -230,8 +231,8 @@ class Projector:
             if self.until_seq is not None and position >= self.until_seq:
                 break
             try:
-                stream = reading(self.bus, "sym.>", from_seq=position + 1, follow=self.follow, batch=self.fetch)
-                async with stream as messages:
+                stream = read_stream(self.bus, "sym.>", from_seq=position + 1, follow=self.follow, batch=self.fetch)
+                async with contextlib.aclosing(stream) as messages:
                     async for msg in messages:
                         if msg.seq <= position:
                             continue
