@@ -36,7 +36,7 @@ from symbiote.logs import configure_logging
 from symbiote.projections import PostgresServer, PostgresServerConfig, Projector, replay
 from symbiote.signers.keys import SigningKey, sign_event
 
-WORDS = ["garden", "dentist", "invoice", "train", "paris", "milk", "meeting", "report", "backup", "photos", "music", "recipe"]
+WORDS = ("garden", "dentist", "invoice", "train", "paris", "milk", "meeting", "report", "backup", "photos")
 
 
 def chains(home: DataDir, count: int, *, start: int = 0) -> list[Envelope]:

@@ -23,13 +23,16 @@ from symbiote.agents.planner import OpenAIPlanner
 from symbiote.agents.service import Agent
 from symbiote.api.app import ApiServer
 from symbiote.api.notify import TelegramNotifier
-from symbiote.bootstrap import initialize
+from symbiote.bootstrap import define_command, initialize
 from symbiote.bus.server import NatsServer, NatsServerConfig
 from symbiote.bus.stream import Bus
-from symbiote.dispatcher.executors import Executors
+from symbiote.dispatcher.executors import Builtin, Executors
 from symbiote.dispatcher.service import Dispatcher
 from symbiote.home import DataDir
+from symbiote.projections import MEMORY_SEARCH_DEFINITION, Projections, memory_search_builtin
 from symbiote.projections.pgserver import PostgresServer, PostgresServerConfig
+from symbiote.registry.definition import load_definition
+from symbiote.registry.follower import RegistryFollower
 from symbiote.sandbox import BubblewrapSandbox
 
 __all__ = ["Runtime", "RuntimeOptions"]
@@ -102,12 +105,24 @@ class Runtime:
             pg = PostgresServer(PostgresServerConfig(data_dir=self.home.postgres_dir))
             await stack.enter_async_context(pg)
             self.postgres_dsn = pg.dsn
-        self.dispatcher = Dispatcher(self.bus, self.home.load_key("runtime"), Executors(self.home.workspaces_dir))
+        builtins: dict[str, Builtin] = {}
+        recall = None
+        if self.postgres_dsn:
+            projections = Projections(
+                self.bus, self.postgres_dsn, self.home.load_key("runtime"), self.home.checkpoints_dir
+            )
+            await stack.enter_async_context(projections)
+            self.extras["projections"] = projections
+            builtins["memory.search"] = memory_search_builtin(projections.memory)
+            recall = projections.memory.recall
+            await self._define_memory_search()
+        executors = Executors(self.home.workspaces_dir, builtins=builtins)
+        self.dispatcher = Dispatcher(self.bus, self.home.load_key("runtime"), executors)
         await stack.enter_async_context(self.dispatcher)
         planner = None
         if self.options.llm_url:
             planner = OpenAIPlanner(self.options.llm_url, self.options.llm_model or "default")
-        self.agent = Agent(self.bus, self.home.load_key("agent"), planner=planner)
+        self.agent = Agent(self.bus, self.home.load_key("agent"), planner=planner, recall=recall)
         await stack.enter_async_context(self.agent)
         if self.options.api:
             api = ApiServer(self.bus, self.home, self.options.api_host, self.options.api_port)
@@ -124,6 +139,14 @@ class Runtime:
         )
         stack.callback(self.home.clear_runtime)
         log.info("runtime.up", nats_url=self.nats_url, postgres_dsn=self.postgres_dsn, api_url=self.api_url)
+
+    async def _define_memory_search(self) -> None:
+        """Register ``memory.search`` (served from the memory projection) once."""
+        assert self.bus is not None
+        state = await RegistryFollower(self.bus).refresh()
+        if state.command_at("memory.search", state.applied_through + 1) is None:
+            definition = load_definition(MEMORY_SEARCH_DEFINITION)
+            await define_command(self.bus, self.home.load_key("owner"), definition)
 
     async def stop(self) -> None:
         """Stop everything started, in reverse order; idempotent."""

@@ -123,7 +123,19 @@ def test_up_say_events_keys_and_clean_stop(running: tuple[Path, subprocess.Popen
     )
     cli(data_dir, "commands", "add", str(definition))
     names = [json.loads(line)["name"] for line in cli(data_dir, "commands", "list", "--json").stdout.splitlines()]
-    assert names == ["echo", "greet", "note.write", "shell.run"]
+    assert names == ["echo", "greet", "memory.search", "note.write", "shell.run"]
+
+    # the history: why a command ran, a replay equal to the live projections, a clean audit
+    story = cli(data_dir, "why", command_id, "--json")
+    kinds = [step["kind"] for step in json.loads(story.stdout)["steps"]]
+    assert kinds[0] == "input" and "approval" in " ".join(kinds), kinds
+    recalled = cli(data_dir, "say", "search my memory for approved-from-cli", "--wait", "--json")
+    assert "approved-from-cli" in recalled.stdout, recalled.stdout
+    replayed = cli(data_dir, "replay", "--json")
+    assert json.loads(replayed.stdout)["ok"] is True, replayed.stdout
+    audited = cli(data_dir, "audit", "--json", "--html", str(tmp_path / "audit.html"))
+    assert json.loads(audited.stdout)["ok"] is True, audited.stdout
+    assert "<html" in (tmp_path / "audit.html").read_text().lower()
 
     children = _children(proc.pid)
     assert len(children) >= 2, "nats-server and postgres run as children of `symbiote up`"

@@ -56,8 +56,18 @@ class Envelope(BaseModel):
         """``b"symbiote/v1\\x00" + canon([v, id, type, at, actor, corr, cause, body])`` (computed once)."""
         cached: bytes | None = self.__dict__.get(_CACHE)
         if cached is None:
-            cached = DOMAIN + canon([self.v, self.id, self.type, self.at, self.actor, self.corr, self.cause, self.body])
+            # a fixarray of 8 is its header byte followed by the 8 encoded elements
+            head = b"".join(_pack(x) for x in (self.v, self.id, self.type, self.at, self.actor, self.corr, self.cause))
+            cached = DOMAIN + b"\x98" + head + self.body_bytes()
             _set_cache(self, cached)
+        return cached
+
+    def body_bytes(self) -> bytes:
+        """``canon(body)``, computed once."""
+        cached: bytes | None = self.__dict__.get(_BODY_CACHE)
+        if cached is None:
+            cached = canon(self.body)
+            object.__setattr__(self, _BODY_CACHE, cached)
         return cached
 
     def digest(self) -> bytes:
@@ -65,8 +75,31 @@ class Envelope(BaseModel):
         return hashlib.sha256(self.signing_input()).digest()
 
     def to_wire(self) -> bytes:
-        """Canonical msgpack of the whole envelope, as published."""
-        return canon(self.as_map())
+        """Canonical msgpack of the whole envelope, as published (keys in their canonical order)."""
+        sigs = _pack([{"kid": s.kid, "sig": s.sig} for s in self.sigs])
+        return b"".join(
+            (
+                b"\x89",
+                _K_ACTOR,
+                _pack(self.actor),
+                _K_AT,
+                _pack(self.at),
+                _K_BODY,
+                self.body_bytes(),
+                _K_CAUSE,
+                _pack(self.cause),
+                _K_CORR,
+                _pack(self.corr),
+                _K_ID,
+                _pack(self.id),
+                _K_SIGS,
+                sigs,
+                _K_TYPE,
+                _pack(self.type),
+                _K_V,
+                _pack(self.v),
+            )
+        )
 
     def as_map(self) -> dict[str, Any]:
         """The envelope as the plain map that goes on the wire."""
@@ -86,12 +119,14 @@ class Envelope(BaseModel):
         """A copy; the cached signing input is dropped, since ``update`` may change signed fields."""
         copy = super().model_copy(update=update, deep=deep)
         _set_cache(copy, None)
+        object.__setattr__(copy, _BODY_CACHE, None)
         return copy
 
     def with_sig(self, kid: str, sig: bytes) -> Envelope:
         """A copy with one more signature appended (the signing input does not change)."""
         copy = self.model_copy(update={"sigs": (*self.sigs, Sig(kid=kid, sig=sig))})
         _set_cache(copy, self.__dict__.get(_CACHE))
+        object.__setattr__(copy, _BODY_CACHE, self.__dict__.get(_BODY_CACHE))
         return copy
 
     @property
@@ -168,6 +203,17 @@ def peek_id(data: bytes) -> str | None:
 
 
 _CACHE = "_signing_input"
+_BODY_CACHE = "_body_bytes"
+
+
+def _pack(value: Any) -> bytes:
+    """msgpack of a value that needs no key sorting (scalars, and maps built in canonical order)."""
+    return msgpack.packb(value, use_bin_type=True, use_single_float=False)  # type: ignore[no-any-return]
+
+
+_K_ACTOR, _K_AT, _K_BODY, _K_CAUSE, _K_CORR, _K_ID, _K_SIGS, _K_TYPE, _K_V = (
+    _pack(k) for k in ("actor", "at", "body", "cause", "corr", "id", "sigs", "type", "v")
+)
 
 
 def _set_cache(event: Envelope, signing_input: bytes | None) -> None:

@@ -425,9 +425,11 @@ def main() -> None:
 def _register_subcommands() -> None:
     """Commands that live in their own modules register themselves on ``app``."""
     import symbiote.cli.approvals  # noqa: F401 - registers approvals, approve, reject
+    from symbiote.cli.history import register as register_history
     from symbiote.cli.pairing import register as register_pairing
 
     register_pairing(keys_app)
+    register_history(app)
 
 
 _register_subcommands()

@@ -40,7 +40,7 @@ from symbiote.projections.fold import (
     Rows,
 )
 from symbiote.projections.reader import read_stream
-from symbiote.projections.verify import SignatureChecker, decode
+from symbiote.projections.verify import Decoded, SignatureChecker, decode
 
 __all__ = ["CommitHook", "Projector", "ProjectorStats", "read_checkpoint"]
 
@@ -142,7 +142,7 @@ class Projector:
             await folder.prime(self.position)
             if self.memory and self.embedder is None:
                 self.embedder = await asyncio.to_thread(load_embedder)
-            writes: asyncio.Queue[tuple[Rows, Any] | None] = asyncio.Queue(2)
+            writes: asyncio.Queue[Rows | None] = asyncio.Queue(2)
             writer = asyncio.create_task(self._write_loop(conn, writes), name=f"projector-write-{self.schema}")
             stop = asyncio.create_task(self._stop.wait())
             tasks = [
@@ -251,29 +251,62 @@ class Projector:
                 backoff = min(backoff * 2, 2.0)
         await self._queue.put(_END)
 
-    async def _fold_loop(self, folder: Folder, writes: asyncio.Queue[tuple[Rows, Any] | None]) -> None:
+    async def _fold_loop(self, folder: Folder, writes: asyncio.Queue[Rows | None]) -> None:
+        """Decode batch N+1 and check its signatures (in worker processes) while batch N is folded."""
+        ahead: tuple[list[Decoded], asyncio.Task[None]] | None = None
         ended = False
-        first_round = True
-        while not ended:
-            msgs = [await self._queue.get()]
-            while len(msgs) < self.batch and not self._queue.empty():
-                msgs.append(self._queue.get_nowait())
-            if msgs[-1] is _END:
-                msgs.pop()
-                ended = True
-            if not msgs and not first_round:
-                continue
-            first_round = False
-            stats = self.stats
+        first = True
+        while not (ended and ahead is None):
+            msgs: list[StoredMsg] = []
+            if not ended:
+                if ahead is None:
+                    msgs.append(await self._queue.get())
+                while len(msgs) < self.batch and not self._queue.empty():
+                    msgs.append(self._queue.get_nowait())
+                if msgs and msgs[-1] is _END:
+                    msgs.pop()
+                    ended = True
+            current: tuple[list[Decoded], asyncio.Task[None]] | None = None
+            if msgs:
+                mark = time.perf_counter()
+                decoded = [decode(m) for m in msgs]
+                self.stats.add("decode", mark)
+                current = (decoded, asyncio.create_task(self.checker.check(decoded)))
+            if ahead is not None:
+                await self._fold_batch(folder, writes, *ahead)
+            elif first and ended and current is None:
+                await self._fold_batch(folder, writes, [], None)  # nothing to read: still write primed rows
+            first = False
+            ahead = current
+        await writes.put(None)
+
+    async def _fold_batch(
+        self,
+        folder: Folder,
+        writes: asyncio.Queue[Rows | None],
+        decoded: list[Decoded],
+        checking: asyncio.Task[None] | None,
+    ) -> None:
+        stats = self.stats
+        mark = time.perf_counter()
+        if checking is not None:
+            await checking
+        mark = stats.add("signatures", mark)
+        await folder.prepare(decoded, earlier=self._earlier if self._lookup is not None else None)
+        mark = stats.add("prepare", mark)
+        rows = folder.fold(decoded)
+        mark = stats.add("fold", mark)
+        if not rows.empty or rows.count:
+            await writes.put(rows)
+            stats.add("wait_writer", mark)
+
+    async def _write_loop(self, conn: asyncpg.Connection, writes: asyncio.Queue[Rows | None]) -> None:
+        while True:
+            item = await writes.get()
+            if item is None:
+                return
+            rows = item
             mark = time.perf_counter()
-            decoded = [decode(m) for m in msgs]
-            mark = stats.add("decode", mark)
-            await self.checker.check(decoded)
-            mark = stats.add("signatures", mark)
-            await folder.prepare(decoded, earlier=self._earlier if self._lookup is not None else None)
-            mark = stats.add("prepare", mark)
-            rows = folder.fold(decoded)
-            mark = stats.add("fold", mark)
             vectors: Any = None
             if rows.memory and self.embedder is not None:
                 texts = [m.text for m in rows.memory]
@@ -281,19 +314,7 @@ class Projector:
                     vectors = await asyncio.to_thread(self.embedder.embed, texts)
                 else:
                     vectors = self.embedder.embed(texts)
-                mark = stats.add("embed", mark)
-            if not rows.empty or rows.count:
-                await writes.put((rows, vectors))
-                stats.add("wait_writer", mark)
-        await writes.put(None)
-
-    async def _write_loop(self, conn: asyncpg.Connection, writes: asyncio.Queue[tuple[Rows, Any] | None]) -> None:
-        while True:
-            item = await writes.get()
-            if item is None:
-                return
-            rows, vectors = item
-            mark = time.perf_counter()
+                mark = self.stats.add("embed", mark)
             await self._write(conn, rows, vectors)
             self.stats.add("write", mark)
             previous = self.position

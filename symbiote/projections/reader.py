@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import nats.errors
 from nats.js import api
@@ -31,7 +31,7 @@ async def read_stream(
     follow: bool = False,
     batch: int = 1024,
     window_s: float = 0.02,
-) -> AsyncIterator[StoredMsg]:
+) -> AsyncGenerator[StoredMsg, None]:
     """Messages on ``subject`` from ``from_seq`` in order; ``follow`` keeps waiting for new ones.
 
     Without ``follow`` it ends once nothing is pending.

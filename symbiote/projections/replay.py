@@ -167,7 +167,7 @@ async def replay(
     progress: bool | Callable[[int, int], None] = False,
     console: Console | None = None,
     wait_live_s: float = 30.0,
-    batch: int = 10_000,
+    batch: int = 4096,
     name: str = "main",
 ) -> ReplayReport:
     """Rebuild every projection from the log (from ``from_seq``) into a fresh schema and compare.

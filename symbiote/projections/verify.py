@@ -22,10 +22,11 @@ import ctypes
 import ctypes.util
 import functools
 import hashlib
+import multiprocessing
 import os
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,17 +157,28 @@ def _check_chunk(items: Sequence[tuple[str, bytes, bytes]]) -> list[bool]:
 
 
 class SignatureChecker:
-    """Checks the cryptographic part of many signatures in worker threads (they release the GIL)."""
+    """Checks the cryptographic part of many signatures.
 
-    def __init__(self, threads: int | None = None, *, chunk: int = 256) -> None:
-        self.threads = max(1, threads or min(8, os.cpu_count() or 2))
+    Small batches (a live follower's) are checked in the calling thread. Large ones (replay,
+    audit, catching up) are split over worker *processes*: threads would not help, because
+    each short verify call hands the GIL back and then waits up to a switch interval to get
+    it again while the event loop runs Python code.
+    """
+
+    def __init__(self, workers: int | None = None, *, chunk: int = 512, inline: int = 1024) -> None:
+        self.workers = max(1, workers or min(8, os.cpu_count() or 2))
         self.chunk = chunk
-        self._pool: ThreadPoolExecutor | None = None
+        self.inline = inline  # up to this many signatures are checked in the calling thread
+        self._pool: ProcessPoolExecutor | None = None
         self.backend = "libsodium" if _sodium() is not None else "cryptography"
 
-    def _executor(self) -> ThreadPoolExecutor:
+    def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="symbiote-verify")
+            # fork: the workers need nothing but this module, and unlike spawn/forkserver it does
+            # not re-import the caller's main script (which may lack a __main__ guard)
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            context = multiprocessing.get_context(method)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
         return self._pool
 
     async def check(self, batch: Sequence[Decoded]) -> None:
@@ -181,11 +193,11 @@ class SignatureChecker:
                 owners.append(item)
         if not items:
             return
-        if len(items) <= self.chunk:
+        if len(items) <= self.inline or self.workers == 1:
             results = _check_chunk(items)
         else:
             loop = asyncio.get_running_loop()
-            size = max(self.chunk, -(-len(items) // (self.threads * 2)))
+            size = max(self.chunk, -(-len(items) // (self.workers * 2)))
             parts = [items[i : i + size] for i in range(0, len(items), size)]
             chunks = await asyncio.gather(*(loop.run_in_executor(self._executor(), _check_chunk, p) for p in parts))
             results = [ok for part in chunks for ok in part]
@@ -195,7 +207,7 @@ class SignatureChecker:
             owner.sig_ok.append(ok)
 
     def close(self) -> None:
-        """Stop the worker threads; idempotent."""
+        """Stop the worker processes; idempotent."""
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
