@@ -10,6 +10,11 @@ import structlog
 __all__ = ["configure_logging"]
 
 
+def _stderr_logger(*_args: object) -> structlog.PrintLogger:
+    """A logger on whatever ``sys.stderr`` is *now* (it may have been replaced since start-up)."""
+    return structlog.PrintLogger(sys.stderr)
+
+
 def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
     """Configure structlog for the process; every line carries the ids bound by the caller."""
     as_json = (not sys.stderr.isatty()) if json is None else json
@@ -25,6 +30,6 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
