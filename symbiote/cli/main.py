@@ -158,12 +158,17 @@ def up(
             if demo:
                 assert runtime.bus is not None
                 await _demo(runtime.bus, home)
-            dd = f" --data-dir {home.root}" if data_dir else ""
+            standard = Path.home() / ".local" / "share" / "symbiote"
+            env = "" if home.root == standard.resolve() else f"  export SYMBIOTE_DATA_DIR={home.root}\n"
             console.print(
-                "\nTry it in another terminal:\n"
-                f'  .venv/bin/symbiote say{dd} "echo hello" --wait\n'
-                f"  .venv/bin/symbiote events{dd} --follow\n"
-                f"  .venv/bin/symbiote approvals{dd}\n"
+                "\nTry it in another terminal (in this folder):\n"
+                f"{env}"
+                '  .venv/bin/symbiote say "echo hello" --wait\n'
+                '  .venv/bin/symbiote say "run ls -la /" --wait\n'
+                "  .venv/bin/symbiote approvals            # then: .venv/bin/symbiote approve <command id> --wait\n"
+                "  .venv/bin/symbiote events --follow\n"
+                "  .venv/bin/symbiote keys pair --name me  # your phone (start `up` with --api-host 0.0.0.0)\n"
+                "  .venv/bin/symbiote audit\n"
                 "Stop with Ctrl-C."
             )
             await stop.wait()
