@@ -122,3 +122,17 @@ async def test_agent_learns_outcomes_and_reprocessing_does_not_duplicate(world: 
 
 async def _is(value: object, expected: object) -> bool:
     return value == expected
+
+
+async def test_recalled_memory_is_shown_when_the_agent_asks(world: World) -> None:
+    asked: list[str] = []
+
+    async def recall(text: str) -> list[str]:
+        asked.append(text)
+        return ["yesterday: echo hello to the team"]
+
+    async with Agent(world.bus, world.agent, recall=recall):
+        clarify = await answer(world, await say(world, "hello"))
+    assert asked == ["hello"]
+    assert clarify.type == "command.clarify"
+    assert clarify.body["related"] == ["yesterday: echo hello to the team"]

@@ -185,6 +185,8 @@ class Agent:
         """Decide what ``text`` asks for and publish the proposal, question or suggestion."""
         definitions = self.registry.state.latest_commands()
         context = await self.recall(text) if self.recall is not None else []
+        if context:
+            log.info("agent.recalled", event_id=source.id, related=len(context))
         if self.planner is not None:
             plan = await self.planner.plan(text, definitions, context)
             if plan is not None and plan.command is not None:
@@ -195,20 +197,22 @@ class Agent:
         ranked = _boost_triggers(self.matcher.rank(text), text)
         by_name = {d.name: d for d in definitions}
         if not ranked or ranked[0].confidence < self.floor:
-            return await self._suggest(source, text, ranked)
+            return await self._suggest(source, text, ranked, context)
         best = ranked[0]
         definition = by_name[best.command]
         close = len(ranked) > 1 and best.confidence - ranked[1].confidence < self.margin
         if best.confidence < definition.auto_confidence or close:
             options = ranked[:2] if close else ranked[:1]
             names = " or ".join(f"{c.command} ({c.confidence:.2f})" for c in options)
-            return await self._clarify(
-                source, f"I am not sure what you mean by {text!r}. Did you mean {names}?", ranked
-            )
+            question = f"I am not sure what you mean by {text!r}. Did you mean {names}?"
+            return await self._clarify(source, question, ranked, context)
         args = extract_args(definition, text)
         if args is None:
             return await self._clarify(
-                source, f"I think you want {definition.name}, but I could not tell its arguments from {text!r}.", ranked
+                source,
+                f"I think you want {definition.name}, but I could not tell its arguments from {text!r}.",
+                ranked,
+                context,
             )
         return await self._propose(source, definition, args, best.confidence, ranked)
 
@@ -235,19 +239,24 @@ class Agent:
         )
         return await self._publish(event, "proposed", command=definition.name, confidence=confidence)
 
-    async def _clarify(self, source: Envelope, question: str, ranked: list[Candidate]) -> Envelope:
+    async def _clarify(self, source: Envelope, question: str, ranked: list[Candidate], related: list[str]) -> Envelope:
         event_id = derived_event_id(source.id, "clarify")
         event = make_event(
             "command.clarify",
             self.key.principal,
-            {"command_id": event_id, "question": question, "candidates": [c.as_map() for c in ranked[:3]]},
+            {
+                "command_id": event_id,
+                "question": question,
+                "candidates": [c.as_map() for c in ranked[:3]],
+                "related": related[:3],
+            },
             corr=source.corr or source.id,
             cause=source.id,
             event_id=event_id,
         )
         return await self._publish(event, "clarify")
 
-    async def _suggest(self, source: Envelope, text: str, ranked: list[Candidate]) -> Envelope:
+    async def _suggest(self, source: Envelope, text: str, ranked: list[Candidate], related: list[str]) -> Envelope:
         event_id = derived_event_id(source.id, "suggest")
         words = [w for w in "".join(c if c.isalnum() else " " for c in text.lower()).split() if len(w) > 2][:3]
         suggestion = {
@@ -260,7 +269,7 @@ class Agent:
         event = make_event(
             "command.suggested",
             self.key.principal,
-            {"command_id": event_id, "request": text, "suggestion": suggestion},
+            {"command_id": event_id, "request": text, "suggestion": suggestion, "related": related[:3]},
             corr=source.corr or source.id,
             cause=source.id,
             event_id=event_id,

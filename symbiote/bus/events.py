@@ -148,6 +148,7 @@ class CommandClarify(_Decision):
     TYPE = "command.clarify"
     question: str
     candidates: list[dict[str, Any]] = []
+    related: list[str] = []  # past inputs and outcomes the agent recalled for this request
 
 
 class CommandSuggested(_Decision):
@@ -156,6 +157,7 @@ class CommandSuggested(_Decision):
     TYPE = "command.suggested"
     request: str
     suggestion: dict[str, Any]
+    related: list[str] = []
 
 
 class CommandStarted(_Decision):
