@@ -34,7 +34,9 @@ import pytest
 import pytest_asyncio
 
 from symbiote.bus.server import NatsServer, NatsServerConfig
+from symbiote.dispatcher import Dispatcher, Executors
 from symbiote.projections.pgserver import PostgresServer, PostgresServerConfig
+from tests.helpers import World, make_world
 
 # --------------------------------------------------------------------------
 # Embedded servers
@@ -88,3 +90,25 @@ async def pg_dsn(pg_server: PostgresServer) -> AsyncIterator[str]:
         yield dsn
     finally:
         await pg_server.drop_database(name)
+
+
+# --------------------------------------------------------------------------
+# An initialized runtime on the function's nats-server
+# --------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def world(nats_url: str, tmp_path: Path) -> AsyncIterator[World]:
+    """A bus on ``nats_server`` and a data dir whose keys and default commands are registered."""
+    w = await make_world(nats_url, tmp_path / "home")
+    try:
+        yield w
+    finally:
+        await w.bus.close()
+
+
+@pytest_asyncio.fixture
+async def dispatcher(world: World, tmp_path: Path) -> AsyncIterator[Dispatcher]:
+    """A running dispatcher (fast approval expiry checks) with workspaces in ``tmp_path``."""
+    async with Dispatcher(world.bus, world.runtime, Executors(tmp_path / "ws"), expiry_interval_s=0.1) as d:
+        yield d

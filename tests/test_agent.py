@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -15,18 +14,9 @@ from symbiote.bus.envelope import Envelope, from_wire, make_event
 from symbiote.embeddings import load_embedder
 from symbiote.registry import default_definitions
 from symbiote.signers.keys import SigningKey, sign_event
-from tests.helpers import World, eventually, make_world
+from tests.helpers import World, eventually
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest_asyncio.fixture
-async def world(nats_url: str, tmp_path: Path) -> AsyncIterator[World]:
-    w = await make_world(nats_url, tmp_path / "home")
-    try:
-        yield w
-    finally:
-        await w.bus.close()
 
 
 @pytest_asyncio.fixture

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
 from symbiote.bootstrap import register_key, revoke_key, set_policy
 from symbiote.bus.envelope import Envelope, make_event
@@ -17,24 +15,9 @@ from symbiote.registry.commands import load_life, pending_approvals
 from symbiote.registry.definition import ApprovalPolicy
 from symbiote.registry.follower import RegistryFollower
 from symbiote.signers.keys import SigningKey, sign_event
-from tests.helpers import World, make_world
+from tests.helpers import World
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest_asyncio.fixture
-async def world(nats_url: str, tmp_path: Path) -> AsyncIterator[World]:
-    w = await make_world(nats_url, tmp_path / "home")
-    try:
-        yield w
-    finally:
-        await w.bus.close()
-
-
-@pytest_asyncio.fixture
-async def dispatcher(world: World, tmp_path: Path) -> AsyncIterator[Dispatcher]:
-    async with Dispatcher(world.bus, world.runtime, Executors(tmp_path / "ws"), expiry_interval_s=0.1) as d:
-        yield d
 
 
 async def requested(world: World, argv: list[str]) -> Envelope:

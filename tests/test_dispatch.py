@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgpack
 import pytest
-import pytest_asyncio
 
 from symbiote.bootstrap import register_key, revoke_key, set_policy
 from symbiote.bus.canonical import canon
@@ -18,24 +16,9 @@ from symbiote.bus.server import NatsServer
 from symbiote.dispatcher import Dispatcher, Executors
 from symbiote.registry.definition import ApprovalPolicy
 from symbiote.signers.keys import SigningKey, sign_event
-from tests.helpers import World, eventually, is_terminal, make_world
+from tests.helpers import World, eventually, is_terminal
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest_asyncio.fixture
-async def world(nats_url: str, tmp_path: Path) -> AsyncIterator[World]:
-    w = await make_world(nats_url, tmp_path / "home")
-    try:
-        yield w
-    finally:
-        await w.bus.close()
-
-
-@pytest_asyncio.fixture
-async def dispatcher(world: World, tmp_path: Path) -> AsyncIterator[Dispatcher]:
-    async with Dispatcher(world.bus, world.runtime, Executors(tmp_path / "ws"), expiry_interval_s=0.1) as d:
-        yield d
 
 
 def types(events: list[Envelope]) -> list[str]:
@@ -266,6 +249,6 @@ async def test_bad_input_does_not_stop_the_dispatcher(world: World, dispatcher: 
         await world.bus.publish_raw(f"sym.cmd.{cid}.approved", b"\xff", msg_id=new_event_id())
     proposal = await world.propose("echo", {"text": "still alive"})
     assert (await world.wait_terminal(proposal.id)).type == "command.succeeded"
-    assert not dispatcher._task.done()  # type: ignore[union-attr]
+    assert dispatcher._service_task is not None and not dispatcher._service_task.done()
     await asyncio.sleep(0)
     assert is_terminal(await world.wait_terminal(proposal.id), proposal.id)

@@ -6,7 +6,6 @@ import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ from symbiote.agents import Agent, OpenAIPlanner
 from symbiote.bus.envelope import from_wire, make_event
 from symbiote.registry import default_definitions
 from symbiote.signers.keys import sign_event
-from tests.helpers import World, make_world
+from tests.helpers import World
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -61,15 +60,6 @@ async def llm() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     finally:
         server.should_exit = True
         await task
-
-
-@pytest_asyncio.fixture
-async def world(nats_url: str, tmp_path: Path) -> AsyncIterator[World]:
-    w = await make_world(nats_url, tmp_path / "home")
-    try:
-        yield w
-    finally:
-        await w.bus.close()
 
 
 async def test_planner_parses_and_tolerates_bad_answers(llm: tuple[str, list[dict[str, Any]]]) -> None:

@@ -10,7 +10,6 @@ decides whether the agent understood; the dispatcher alone decides what may run.
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
@@ -24,6 +23,7 @@ from symbiote.bus.ids import derived_event_id, now_ms
 from symbiote.bus.stream import Bus, Delivery, PullConsumer
 from symbiote.embeddings import load_embedder
 from symbiote.errors import BusError, DecodeError, SymbioteError
+from symbiote.lifecycle import Service
 from symbiote.registry.definition import CommandDefinition
 from symbiote.registry.follower import RegistryFollower
 from symbiote.signers.keys import SigningKey, sign_event
@@ -73,7 +73,7 @@ def _boost_triggers(ranked: list[Candidate], text: str) -> list[Candidate]:
     return sorted(boosted, key=lambda c: c.confidence, reverse=True)
 
 
-class Agent:
+class Agent(Service):
     """Long-running component: ``run()`` until ``shutdown()``, or ``async with``."""
 
     def __init__(
@@ -105,7 +105,6 @@ class Agent:
         self.counts: Counter[str] = Counter()
         self.outcomes: OrderedDict[str, str] = OrderedDict()  # command id -> last phase seen
         self._consumer = PullConsumer(bus, durable, AGENT_SUBJECTS, self._handle_batch, batch=64)
-        self._task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         """Consume until :meth:`shutdown`."""
@@ -115,15 +114,8 @@ class Agent:
         """Stop consuming; idempotent."""
         self._consumer.shutdown()
 
-    async def __aenter__(self) -> Agent:
+    async def prepare(self) -> None:
         await self._consumer.ensure()
-        self._task = asyncio.create_task(self.run(), name="agent")
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.shutdown()
-        if self._task is not None:
-            await self._task
 
     async def _handle_batch(self, batch: Sequence[Delivery]) -> None:
         if not batch:

@@ -24,6 +24,7 @@ from symbiote.bus.ids import is_event_id, now_ms
 from symbiote.bus.stream import Bus, Delivery, PullConsumer
 from symbiote.dispatcher.executors import Executors, Outcome
 from symbiote.errors import BusError, ConflictError, DecodeError, SymbioteError
+from symbiote.lifecycle import Service
 from symbiote.registry.commands import load_life
 from symbiote.registry.definition import CommandDefinition
 from symbiote.registry.follower import RegistryFollower
@@ -42,7 +43,7 @@ COMMAND_SUBJECTS = ("sym.cmd.*.proposed", "sym.cmd.*.approved", "sym.cmd.*.rejec
 log = structlog.get_logger("symbiote.dispatcher")
 
 
-class Dispatcher:
+class Dispatcher(Service):
     """Long-running component: ``run()`` until ``shutdown()``, or ``async with``."""
 
     def __init__(
@@ -70,7 +71,6 @@ class Dispatcher:
         self._pending: dict[str, int] = {}  # command id -> approval expiry (ms)
         self._corr: dict[str, str | None] = {}  # command id -> its proposal's correlation id
         self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(max_in_flight)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._failure: BaseException | None = None
@@ -115,15 +115,6 @@ class Dispatcher:
         """Stop consuming; idempotent."""
         self._stop.set()
         self._consumer.shutdown()
-
-    async def __aenter__(self) -> Dispatcher:
-        self._task = asyncio.create_task(self.run(), name="dispatcher")
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.shutdown()
-        if self._task is not None:
-            await self._task
 
     # -- consuming -------------------------------------------------------------------------
     async def _handle_batch(self, batch: Sequence[Delivery]) -> None:
