@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from nats.js import api
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import fresh, merge_results, percentile
+from bench.common import Setup, fresh, merge_results, percentile
 from symbiote.bootstrap import define_command
 from symbiote.bus.envelope import make_event
 from symbiote.bus.ids import now_ms
@@ -61,8 +63,33 @@ async def raw_js(n: int, *, sync_always: bool) -> float:
         return 2 * n / elapsed
 
 
-async def dispatch(n: int, *, sync_always: bool) -> float:
-    """The dispatcher on n pre-published agent-signed proposals of an in-process no-op; commands/s."""
+@asynccontextmanager
+async def dispatchers(setup: Setup, processes: int) -> AsyncIterator[None]:
+    """The dispatcher in this process (``processes=0``), or that many `symbiote dispatcher` processes."""
+    if processes == 0:
+        async with Dispatcher(setup.bus, setup.home.load_key("runtime"), Executors(setup.tmp / "ws")):
+            yield
+        return
+    procs = []
+    try:
+        for _ in range(processes):
+            proc = await asyncio.create_subprocess_exec(
+                *[sys.executable, "-m", "symbiote.cli", "dispatcher", "--nats-url", setup.server.url],
+                *["--data-dir", str(setup.home.root), "--log-level", "warning"],
+                stdout=asyncio.subprocess.PIPE,
+            )
+            procs.append(proc)
+            assert proc.stdout is not None
+            await asyncio.wait_for(proc.stdout.readline(), 60)
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+            await proc.wait()
+
+
+async def dispatch(n: int, *, sync_always: bool, processes: int = 0) -> float:
+    """Dispatchers on n pre-published agent-signed proposals of an in-process no-op; commands/s."""
     async with fresh(sync_always=sync_always) as setup:
         bus, home = setup.bus, setup.home
         await define_command(bus, home.load_key("owner"), NOOP)
@@ -82,16 +109,14 @@ async def dispatch(n: int, *, sync_always: bool) -> float:
         for i in range(0, n, 500):
             await asyncio.gather(*(bus.publish(e) for e in events[i : i + 500]))
         base = await bus.last_seq()
-        dispatcher = Dispatcher(bus, home.load_key("runtime"), Executors(setup.tmp / "ws"))
-        start = time.perf_counter()
-        async with dispatcher:
+        async with dispatchers(setup, processes):
+            start = time.perf_counter()
             while await bus.last_seq() < base + 2 * n:
                 await asyncio.sleep(0.005)
-            elapsed = time.perf_counter() - start
-        return n / elapsed
+            return n / (time.perf_counter() - start)
 
 
-async def latency(rate: int, seconds: float) -> list[float]:
+async def latency(rate: int, seconds: float, *, processes: int = 0) -> list[float]:
     """Offer ``rate`` proposals/s; latency from publishing the proposal to receiving ``succeeded`` (ms)."""
     async with fresh(sync_always=True) as setup:
         bus, home = setup.bus, setup.home
@@ -106,7 +131,7 @@ async def latency(rate: int, seconds: float) -> list[float]:
                 got.append((time.perf_counter() - sent[command_id]) * 1000)
 
         sub = await bus.nc.subscribe("sym.cmd.*.succeeded", cb=on_done)
-        async with Dispatcher(bus, home.load_key("runtime"), Executors(setup.tmp / "ws")):
+        async with dispatchers(setup, processes):
             await asyncio.sleep(0.5)
             total = int(rate * seconds)
             start = time.perf_counter()
@@ -159,10 +184,16 @@ async def bench_dispatch(n: int = 10_000) -> dict[str, Any]:
         results[f"dispatch_per_s{suffix}"] = round(cmds)
         results[f"dispatch_events_per_s{suffix}"] = round(3 * cmds)
         results[f"dispatch_ratio{suffix}"] = round(3 * cmds / raw, 3)
+        two = await dispatch(n, sync_always=sync_always, processes=2)
+        results[f"dispatch_per_s_2proc{suffix}"] = round(two)
+        results[f"dispatch_ratio_2proc{suffix}"] = round(3 * two / raw, 3)
     lat = await latency(1000, 3.0)
     results["latency_p50_ms"] = round(percentile(lat, 50), 2)
     results["latency_p99_ms"] = round(percentile(lat, 99), 2)
     results["latency_samples"] = len(lat)
+    lat2 = await latency(1000, 3.0, processes=2)
+    results["latency_p50_ms_2proc"] = round(percentile(lat2, 50), 2)
+    results["latency_p99_ms_2proc"] = round(percentile(lat2, 99), 2)
     times = await sandbox_start(200)
     results["sandbox_p50_ms"] = round(percentile(times, 50), 2)
     results["sandbox_p95_ms"] = round(percentile(times, 95), 2)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections import Counter
@@ -22,16 +21,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 async def _start(nats_url: str, data_dir: Path) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ROOT / "tests" / "dispatcher_proc.py"),
-        nats_url,
-        str(data_dir),
+        *[sys.executable, "-m", "symbiote.cli", "dispatcher", "--nats-url", nats_url],
+        *["--data-dir", str(data_dir), "--log-level", "warning"],
         stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert proc.stdout is not None
     line = await asyncio.wait_for(proc.stdout.readline(), 30)
-    assert line.strip() == b"ready"
+    assert line.strip() == b"dispatcher ready"
     return proc
 
 

@@ -13,7 +13,7 @@ from symbiote.bus.envelope import Envelope, make_event
 from symbiote.bus.ids import now_ms
 from symbiote.bus.stream import Bus
 from symbiote.cli.chain import follow_chain, to_jsonable
-from symbiote.cli.main import DataDirOpt, JsonOpt, NatsOpt, _bus, _emit, _home, _run, app, console
+from symbiote.cli.common import DataDirOpt, JsonOpt, NatsOpt, _bus, _emit, _home, _run, console
 from symbiote.errors import SymbioteError
 from symbiote.home import DataDir
 from symbiote.registry.commands import load_life, pending_approvals
@@ -21,7 +21,7 @@ from symbiote.registry.follower import RegistryFollower
 from symbiote.registry.policy import CommandLife
 from symbiote.signers.keys import SigningKey, sign_event
 
-__all__ = ["describe_pending", "sign_answer"]
+__all__ = ["describe_pending", "register", "sign_answer"]
 
 KeyOpt = Annotated[Path | None, typer.Option("--key", help="User key file (default: the data dir's user key)")]
 
@@ -59,7 +59,6 @@ def sign_answer(proposal: Envelope, key: SigningKey, *, approve: bool) -> Envelo
     return sign_event(make_event(kind, key.principal, body, corr=proposal.corr, cause=proposal.id), key)
 
 
-@app.command()
 def approvals(data_dir: DataDirOpt = None, nats_url: NatsOpt = None, as_json: JsonOpt = False) -> None:
     """Commands waiting for approval: what each will do, its sandbox, who has signed."""
     home = _home(data_dir)
@@ -135,7 +134,6 @@ def _answer_command(
     _run(go)
 
 
-@app.command()
 def approve(
     command_id: Annotated[str, typer.Argument(help="The command id (see `symbiote approvals`)")],
     key: KeyOpt = None,
@@ -148,7 +146,6 @@ def approve(
     _answer_command(command_id, key, data_dir, nats_url, wait, as_json, approve=True)
 
 
-@app.command()
 def reject(
     command_id: Annotated[str, typer.Argument(help="The command id (see `symbiote approvals`)")],
     key: KeyOpt = None,
@@ -159,3 +156,10 @@ def reject(
 ) -> None:
     """Sign a rejection of this command with a user key; it will not run."""
     _answer_command(command_id, key, data_dir, nats_url, wait, as_json, approve=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``approvals``, ``approve`` and ``reject`` to the ``symbiote`` command."""
+    app.command()(approvals)
+    app.command()(approve)
+    app.command()(reject)

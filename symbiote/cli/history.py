@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from symbiote.cli.main import DataDirOpt, JsonOpt, NatsOpt, _bus, _home, _run, console, err
+from symbiote.cli.common import DataDirOpt, JsonOpt, NatsOpt, _bus, _home, _run, console, err
 from symbiote.errors import ConfigError
 from symbiote.home import DataDir
 from symbiote.projections.audit import AuditReport, audit, why, write_html

@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from symbiote.bootstrap import define_command, initialize, register_key, revoke_key
 from symbiote.bus.envelope import make_event
-from symbiote.bus.server import NatsServer, NatsServerConfig
 from symbiote.bus.stream import Bus
 from symbiote.cli.chain import EventRow, follow_chain, rows
+from symbiote.cli.common import DataDirOpt, JsonOpt, NatsOpt, _bus, _emit, _home, _print_row, _run, console, err
 from symbiote.errors import SymbioteError
-from symbiote.home import DataDir, default_data_dir
+from symbiote.home import DataDir
 from symbiote.logs import configure_logging
 from symbiote.registry.definition import load_definition
 from symbiote.registry.follower import RegistryFollower
@@ -35,56 +34,8 @@ keys_app = typer.Typer(no_args_is_help=True, help="Keys: list, register someone'
 commands_app = typer.Typer(no_args_is_help=True, help="Command definitions: list and add.")
 app.add_typer(keys_app, name="keys")
 app.add_typer(commands_app, name="commands")
-console = Console()
-err = Console(stderr=True)
-T = TypeVar("T")
-
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Data directory (default $SYMBIOTE_DATA_DIR or ~/.local/share/symbiote)"),
-]
-NatsOpt = Annotated[str | None, typer.Option("--nats-url", help="NATS URL (default: the running runtime's)")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object a line")]
 
 
-def _home(data_dir: Path | None) -> DataDir:
-    return DataDir((data_dir or default_data_dir()).expanduser().resolve())
-
-
-def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    configure_logging("warning")
-    try:
-        return asyncio.run(coro_fn())  # type: ignore[arg-type]
-    except SymbioteError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-
-
-@asynccontextmanager
-async def _bus(home: DataDir, nats_url: str | None, *, start_if_down: bool = False) -> AsyncIterator[Bus]:
-    """A bus connected to ``--nats-url``, the running runtime, or (for init) a temporary server."""
-    url = nats_url or (home.read_runtime() or {}).get("nats_url")
-    if url:
-        bus = await Bus.connect(str(url), name="symbiote-cli")
-        try:
-            yield bus
-        finally:
-            await bus.close()
-        return
-    if not start_if_down:
-        raise SymbioteError("the runtime is not up: run `symbiote up` (or pass --nats-url)", data_dir=str(home.root))
-    home.ensure()
-    async with NatsServer(NatsServerConfig(store_dir=home.nats_dir)) as server:
-        bus = await Bus.connect(server.url, name="symbiote-cli")
-        try:
-            yield bus
-        finally:
-            await bus.close()
-
-
-# -- init / up -------------------------------------------------------------------------------
 @app.command()
 def init(
     data_dir: DataDirOpt = None,
@@ -209,6 +160,43 @@ async def _say(bus: Bus, home: DataDir, text: str, *, timeout_s: float, wait: bo
         yield row
 
 
+@app.command()
+def dispatcher(
+    data_dir: DataDirOpt = None,
+    nats_url: NatsOpt = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Run one more dispatcher on the runtime's stream (N dispatchers share the work; each command runs once)."""
+    from symbiote.dispatcher import Dispatcher, Executors
+    from symbiote.runtime import install_signal_handlers
+
+    home = _home(data_dir)
+
+    async def go() -> None:
+        configure_logging(log_level)
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        async with contextlib.AsyncExitStack() as stack:
+            bus = await stack.enter_async_context(_bus(home, nats_url))
+            builtins = {}
+            dsn = (home.read_runtime() or {}).get("postgres_dsn")
+            if dsn:  # serve memory.search like the runtime's own dispatcher
+                from symbiote.projections import MemoryStore, memory_search_builtin
+
+                memory = await stack.enter_async_context(MemoryStore(str(dsn)))
+                builtins["memory.search"] = memory_search_builtin(memory)
+            executors = Executors(home.workspaces_dir, builtins=builtins)
+            await stack.enter_async_context(Dispatcher(bus, home.load_key("runtime"), executors))
+            print("dispatcher ready", flush=True)
+            await stop.wait()
+
+    try:
+        asyncio.run(go())
+    except SymbioteError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
 # -- say / events -----------------------------------------------------------------------------
 @app.command()
 def say(
@@ -255,52 +243,6 @@ def events(
                 _emit(row, as_json)
 
     _run(go)
-
-
-def _emit(row: EventRow, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(row.as_json(), ensure_ascii=False), flush=True)
-    else:
-        _print_row(row)
-
-
-def _print_row(row: EventRow, *, compact: bool = False) -> None:
-    event = row.event
-    signed = ", ".join(row.verified) if row.verified else f"[red]✗ {row.problem}[/red]"
-    if event is None:
-        console.print(f"{row.seq:>6}  {row.subject}  [red]{row.problem}[/red]")
-        return
-    summary = _summary(event.type, event.body)
-    if compact:
-        console.print(f"  {event.type:<28} {summary}")
-    else:
-        console.print(f"{row.seq:>6}  {event.type:<27} {event.actor:<16} [dim]✓ {signed}[/dim]  {summary}")
-
-
-def _summary(kind: str, body: dict[str, Any]) -> str:
-    if kind.startswith("input."):
-        return repr(body.get("text", ""))
-    if kind == "command.proposed":
-        return f"{body.get('command')} {json.dumps(body.get('args'))} confidence={body.get('confidence')}"
-    if kind == "command.denied":
-        return f"[red]{body.get('reason')}[/red]: {body.get('detail')}"
-    if kind == "command.clarify":
-        return str(body.get("question"))
-    if kind == "command.suggested":
-        return f"no command fits; suggest defining {body.get('suggestion', {}).get('name')!r}"
-    if kind == "command.approval_requested":
-        return f"needs {body.get('needs')} of {body.get('principals')}  →  symbiote approve {body.get('command_id')}"
-    if kind in ("command.succeeded", "command.failed"):
-        output = body.get("output", {})
-        text = output.get("stdout") or output.get("text") or output.get("error") or ""
-        return f"exit {body.get('exit_code')}: {str(text).strip()[:200]!r}"
-    if kind == "command.started":
-        return f"in {body.get('sandbox', {}).get('backend')}"
-    if kind in ("key.registered", "key.revoked"):
-        return f"{body.get('principal')} {body.get('kid')}"
-    if kind == "command.defined":
-        return str(body.get("definition", {}).get("name"))
-    return ""
 
 
 # -- keys -------------------------------------------------------------------------------------
@@ -428,11 +370,12 @@ def main() -> None:
 
 
 def _register_subcommands() -> None:
-    """Commands that live in their own modules register themselves on ``app``."""
-    import symbiote.cli.approvals  # noqa: F401 - registers approvals, approve, reject
+    """Commands that live in their own modules add themselves to ``app``."""
+    from symbiote.cli.approvals import register as register_approvals
     from symbiote.cli.history import register as register_history
     from symbiote.cli.pairing import register as register_pairing
 
+    register_approvals(app)
     register_pairing(keys_app)
     register_history(app)
 

@@ -85,7 +85,7 @@ def register(keys_app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Print a one-time code, URL and QR code that pair a phone as user:NAME (valid 10 minutes, once)."""
-        from symbiote.cli.main import _home, console, err
+        from symbiote.cli.common import _home, console, err
 
         home = _home(data_dir)
         if not valid_name(name):

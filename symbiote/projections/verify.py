@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
-import functools
 import hashlib
 import multiprocessing
 import os
@@ -31,13 +28,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from cryptography.hazmat.primitives import serialization
 
 from symbiote.bus.envelope import Envelope, from_wire, peek_id
 from symbiote.bus.stream import Bus, StoredMsg
-from symbiote.errors import DecodeError, SignatureError
+from symbiote.errors import DecodeError
 from symbiote.signers.keyring import Keyring, SigCheck, Verdict
-from symbiote.signers.keys import public_key_from_kid, verify_sig
+from symbiote.signers.keys import signature_backend, verify_sig
 
 __all__ = [
     "CHECKPOINT_SUBJECT",
@@ -107,48 +103,7 @@ def decode(msg: StoredMsg) -> Decoded:
     return Decoded(msg.seq, msg.subject, msg.data, event, None, event.signing_input() if event.sigs else b"")
 
 
-@functools.cache
-def _sodium() -> Any | None:
-    name = ctypes.util.find_library("sodium")
-    if name is None:
-        return None
-    try:
-        lib = ctypes.CDLL(name)
-        if lib.sodium_init() < 0:
-            return None
-        fn = lib.crypto_sign_ed25519_verify_detached
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulonglong, ctypes.c_char_p]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_RAW_KEYS: dict[str, bytes | None] = {}
-
-
-def _raw_key(kid: str) -> bytes | None:
-    if kid in _RAW_KEYS:
-        return _RAW_KEYS[kid]
-    try:
-        raw: bytes | None = public_key_from_kid(kid).public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-    except SignatureError:
-        raw = None
-    if len(_RAW_KEYS) < 10_000:
-        _RAW_KEYS[kid] = raw
-    return raw
-
-
 def _check_one(kid: str, sig: bytes, message: bytes) -> bool:
-    sodium = _sodium()
-    if sodium is not None and len(sig) == 64:
-        raw = _raw_key(kid)
-        if raw is None:
-            return False
-        if sodium(sig, message, len(message), raw) == 0:
-            return True
     return verify_sig(kid, sig, message)
 
 
@@ -170,7 +125,7 @@ class SignatureChecker:
         self.chunk = chunk
         self.inline = inline  # up to this many signatures are checked in the calling thread
         self._pool: ProcessPoolExecutor | None = None
-        self.backend = "libsodium" if _sodium() is not None else "cryptography"
+        self.backend = signature_backend()
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import ctypes
+import ctypes.util
 import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -21,6 +24,7 @@ __all__ = [
     "kid_of",
     "public_key_from_kid",
     "sign_event",
+    "signature_backend",
     "verify_sig",
 ]
 
@@ -62,11 +66,55 @@ def public_key_from_kid(kid: str) -> Ed25519PublicKey:
     return key
 
 
-def verify_sig(kid: str, sig: bytes, message: bytes) -> bool:
-    """True if ``sig`` is a valid Ed25519 signature of ``message`` by the key ``kid`` names."""
+@functools.cache
+def _sodium_verify() -> Any | None:
+    """libsodium's detached Ed25519 verify, when the system has libsodium (about twice as fast)."""
+    name = ctypes.util.find_library("sodium")
+    if name is None:
+        return None
     try:
-        public_key_from_kid(kid).verify(sig, message)
-    except (InvalidSignature, SignatureError):
+        lib = ctypes.CDLL(name)
+        if lib.sodium_init() < 0:
+            return None
+        verify = lib.crypto_sign_ed25519_verify_detached
+    except (OSError, AttributeError):
+        return None
+    verify.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulonglong, ctypes.c_char_p]
+    verify.restype = ctypes.c_int
+    return verify
+
+
+def signature_backend() -> str:
+    """Which library checks signatures first: ``libsodium`` or ``cryptography``."""
+    return "libsodium" if _sodium_verify() is not None else "cryptography"
+
+
+_RAW_PUBLIC: dict[str, bytes] = {}
+
+
+def verify_sig(kid: str, sig: bytes, message: bytes) -> bool:
+    """True if ``sig`` is a valid Ed25519 signature of ``message`` by the key ``kid`` names.
+
+    libsodium, where present, answers first; it is stricter than OpenSSL (it refuses some
+    non-canonical encodings), so a signature it refuses is asked of ``cryptography`` too and
+    the accepted set is exactly ``cryptography``'s.
+    """
+    try:
+        public_key = public_key_from_kid(kid)
+    except SignatureError:
+        return False
+    sodium = _sodium_verify()
+    if sodium is not None and len(sig) == 64:
+        raw = _RAW_PUBLIC.get(kid)
+        if raw is None:
+            raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            if len(_RAW_PUBLIC) < 10_000:
+                _RAW_PUBLIC[kid] = raw
+        if sodium(sig, message, len(message), raw) == 0:
+            return True
+    try:
+        public_key.verify(sig, message)
+    except InvalidSignature:
         return False
     return True
 

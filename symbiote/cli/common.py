@@ -1,0 +1,128 @@
+"""What every ``symbiote`` subcommand shares: consoles, options, the data dir, the bus, printing rows."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from symbiote.bus.server import NatsServer, NatsServerConfig
+from symbiote.bus.stream import Bus
+from symbiote.cli.chain import EventRow
+from symbiote.errors import SymbioteError
+from symbiote.home import DataDir, default_data_dir
+from symbiote.logs import configure_logging
+
+__all__ = [
+    "DataDirOpt",
+    "JsonOpt",
+    "NatsOpt",
+    "_bus",
+    "_emit",
+    "_home",
+    "_print_row",
+    "_run",
+    "console",
+    "err",
+]
+
+console = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data directory (default $SYMBIOTE_DATA_DIR or ~/.local/share/symbiote)"),
+]
+NatsOpt = Annotated[str | None, typer.Option("--nats-url", help="NATS URL (default: the running runtime's)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object a line")]
+
+
+def _home(data_dir: Path | None) -> DataDir:
+    return DataDir((data_dir or default_data_dir()).expanduser().resolve())
+
+
+def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    configure_logging("warning")
+    try:
+        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+    except SymbioteError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+@asynccontextmanager
+async def _bus(home: DataDir, nats_url: str | None, *, start_if_down: bool = False) -> AsyncIterator[Bus]:
+    """A bus connected to ``--nats-url``, the running runtime, or (for init) a temporary server."""
+    url = nats_url or (home.read_runtime() or {}).get("nats_url")
+    if url:
+        bus = await Bus.connect(str(url), name="symbiote-cli")
+        try:
+            yield bus
+        finally:
+            await bus.close()
+        return
+    if not start_if_down:
+        raise SymbioteError("the runtime is not up: run `symbiote up` (or pass --nats-url)", data_dir=str(home.root))
+    home.ensure()
+    async with NatsServer(NatsServerConfig(store_dir=home.nats_dir)) as server:
+        bus = await Bus.connect(server.url, name="symbiote-cli")
+        try:
+            yield bus
+        finally:
+            await bus.close()
+
+
+# -- init / up -------------------------------------------------------------------------------
+def _emit(row: EventRow, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(row.as_json(), ensure_ascii=False), flush=True)
+    else:
+        _print_row(row)
+
+
+def _print_row(row: EventRow, *, compact: bool = False) -> None:
+    event = row.event
+    signed = ", ".join(row.verified) if row.verified else f"[red]✗ {row.problem}[/red]"
+    if event is None:
+        console.print(f"{row.seq:>6}  {row.subject}  [red]{row.problem}[/red]")
+        return
+    summary = _summary(event.type, event.body)
+    if compact:
+        console.print(f"  {event.type:<28} {summary}")
+    else:
+        console.print(f"{row.seq:>6}  {event.type:<27} {event.actor:<16} [dim]✓ {signed}[/dim]  {summary}")
+
+
+def _summary(kind: str, body: dict[str, Any]) -> str:
+    if kind.startswith("input."):
+        return repr(body.get("text", ""))
+    if kind == "command.proposed":
+        return f"{body.get('command')} {json.dumps(body.get('args'))} confidence={body.get('confidence')}"
+    if kind == "command.denied":
+        return f"[red]{body.get('reason')}[/red]: {body.get('detail')}"
+    if kind == "command.clarify":
+        return str(body.get("question"))
+    if kind == "command.suggested":
+        return f"no command fits; suggest defining {body.get('suggestion', {}).get('name')!r}"
+    if kind == "command.approval_requested":
+        return f"needs {body.get('needs')} of {body.get('principals')}  →  symbiote approve {body.get('command_id')}"
+    if kind in ("command.succeeded", "command.failed"):
+        output = body.get("output", {})
+        text = output.get("stdout") or output.get("text") or output.get("error") or ""
+        return f"exit {body.get('exit_code')}: {str(text).strip()[:200]!r}"
+    if kind == "command.started":
+        return f"in {body.get('sandbox', {}).get('backend')}"
+    if kind in ("key.registered", "key.revoked"):
+        return f"{body.get('principal')} {body.get('kid')}"
+    if kind == "command.defined":
+        return str(body.get("definition", {}).get("name"))
+    return ""
