@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -269,9 +269,20 @@ class Bus:
         )
 
     async def read(
-        self, subject: str = "sym.>", *, from_seq: int = 1, follow: bool = False, batch: int = 256
-    ) -> AsyncIterator[StoredMsg]:
-        """Read the stream in order through an ephemeral consumer; ``follow`` waits for new events."""
+        self,
+        subject: str = "sym.>",
+        *,
+        from_seq: int = 1,
+        follow: bool = False,
+        batch: int = 256,
+        window_s: float = 1.0,
+    ) -> AsyncGenerator[StoredMsg, None]:
+        """Read the stream in order through an ephemeral consumer; ``follow`` waits for new events.
+
+        A fetch that finds fewer than ``batch`` messages pending waits up to ``window_s`` for
+        more: a latency-sensitive follower passes a short window (large batches while catching
+        up, prompt delivery once caught up).
+        """
         config = api.ConsumerConfig(
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=max(from_seq, 1),
@@ -286,7 +297,7 @@ class Bus:
                 return
             while True:
                 try:
-                    msgs = await sub.fetch(batch, timeout=1.0 if follow else 0.5)
+                    msgs = await sub.fetch(batch, timeout=window_s if follow else max(window_s, 0.5))
                 except (TimeoutError, nats.errors.TimeoutError):
                     _raise_if_cancelling()
                     if follow:

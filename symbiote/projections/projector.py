@@ -39,7 +39,6 @@ from symbiote.projections.fold import (
     Folder,
     Rows,
 )
-from symbiote.projections.reader import read_stream
 from symbiote.projections.verify import Decoded, SignatureChecker, decode
 
 __all__ = ["CommitHook", "Projector", "ProjectorStats", "read_checkpoint"]
@@ -231,7 +230,9 @@ class Projector:
             if self.until_seq is not None and position >= self.until_seq:
                 break
             try:
-                stream = read_stream(self.bus, "sym.>", from_seq=position + 1, follow=self.follow, batch=self.fetch)
+                stream = self.bus.read(
+                    "sym.>", from_seq=position + 1, follow=self.follow, batch=self.fetch, window_s=0.02
+                )
                 async with contextlib.aclosing(stream) as messages:
                     async for msg in messages:
                         if msg.seq <= position:
