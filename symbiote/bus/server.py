@@ -42,11 +42,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from symbiote.errors import ConfigError, ServerStartError
 
 __all__ = [
+    "ManagedServer",
     "NatsServer",
     "NatsServerConfig",
     "ServerProcess",
@@ -276,6 +277,50 @@ class ServerProcess:
 # --------------------------------------------------------------------------
 
 
+class ManagedServer:
+    """The lifecycle an embedded server process shares: ``start()`` (per server), ``stop()``
+    (idempotent: the signals of :meth:`stop_steps`, then SIGKILL), ``kill()`` (a crash, for
+    tests), ``restart()`` (same port and data), and ``async with``."""
+
+    _proc: ServerProcess | None = None
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    def stop_steps(self) -> Sequence[tuple[int, float]]:
+        """Signals sent in turn on stop, each with how long to wait for the process to exit."""
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Stop the server and wait until it is gone; idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            await proc.stop(self.stop_steps())
+
+    async def kill(self) -> None:
+        """SIGKILL the server and everything it started (a crash, for tests) and wait until gone."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            await proc.kill()
+
+    async def restart(self) -> None:
+        """Stop, then start again on the same port and data."""
+        await self.stop()
+        await self.start()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
 @dataclass(frozen=True)
 class NatsServerConfig:
     """Configuration of an embedded nats-server.
@@ -306,7 +351,7 @@ def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class NatsServer:
+class NatsServer(ManagedServer):
     """An embedded nats-server process with JetStream, storing under ``config.store_dir``.
 
     Use ``async with NatsServer(cfg) as server:`` or :meth:`start`/:meth:`stop`.
@@ -507,31 +552,6 @@ class NatsServer:
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()
 
-    async def stop(self) -> None:
-        """Stop the server (SIGTERM, SIGKILL after ``stop_timeout``) and wait. Idempotent."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            await proc.stop(((signal.SIGTERM, self._stop_timeout),))
-
-    async def kill(self) -> None:
-        """SIGKILL the server (a crash, for tests) and wait until it is gone."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            await proc.kill()
-
-    async def restart(self) -> None:
-        """Stop, then start again on the same port and store directory."""
-        await self.stop()
-        await self.start()
-
-    async def __aenter__(self) -> NatsServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+    def stop_steps(self) -> Sequence[tuple[int, float]]:
+        """SIGTERM, and SIGKILL after ``stop_timeout``."""
+        return ((signal.SIGTERM, self._stop_timeout),)

@@ -50,14 +50,14 @@ import socket
 import stat
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import quote
 
 import asyncpg
 
-from symbiote.bus.server import ServerProcess
+from symbiote.bus.server import ManagedServer, ServerProcess
 from symbiote.errors import ConfigError, ServerStartError, StoreError
 
 __all__ = [
@@ -167,7 +167,7 @@ def _resolve_os_user(name: str | None) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-class PostgresServer:
+class PostgresServer(ManagedServer):
     """An embedded PostgreSQL server listening on ``127.0.0.1:port``.
 
     Use ``async with PostgresServer(cfg) as pg:`` or :meth:`start`/:meth:`stop`.
@@ -448,31 +448,6 @@ class PostgresServer:
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             raise StoreError("cannot drop database", database=name, error=repr(exc)) from exc
 
-    async def stop(self) -> None:
-        """Fast shutdown (SIGINT; SIGQUIT after ``stop_timeout``; then SIGKILL) and wait. Idempotent."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            await proc.stop(((signal.SIGINT, self._stop_timeout), (signal.SIGQUIT, 5.0)))
-
-    async def kill(self) -> None:
-        """SIGKILL the postmaster and its backends (a crash, for tests) and wait until gone."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            await proc.kill()
-
-    async def restart(self) -> None:
-        """Stop, then start again on the same port and data directory."""
-        await self.stop()
-        await self.start()
-
-    async def __aenter__(self) -> PostgresServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+    def stop_steps(self) -> Sequence[tuple[int, float]]:
+        """Fast shutdown: SIGINT; SIGQUIT after ``stop_timeout``; then SIGKILL."""
+        return ((signal.SIGINT, self._stop_timeout), (signal.SIGQUIT, 5.0))
