@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -37,21 +37,6 @@ __all__ = [
     "subject_for",
 ]
 
-DENIAL_REASONS = (
-    "malformed",
-    "bad_signature",
-    "unknown_key",
-    "revoked_key",
-    "wrong_role",
-    "unknown_command",
-    "invalid_args",
-    "expired",
-    "duplicate",
-    "not_permitted",
-    "approval_digest_mismatch",
-    "rejected_by_user",
-    "outcome_unknown",
-)
 DenialReason = Literal[
     "malformed",
     "bad_signature",
@@ -67,6 +52,7 @@ DenialReason = Literal[
     "rejected_by_user",
     "outcome_unknown",
 ]
+DENIAL_REASONS: tuple[str, ...] = get_args(DenialReason)
 Role = Literal["owner", "user", "agent", "runtime"]
 
 

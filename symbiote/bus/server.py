@@ -287,6 +287,16 @@ class ManagedServer:
     async def start(self) -> None:
         raise NotImplementedError
 
+    @property
+    def pid(self) -> int | None:
+        """Pid of the running server process, else ``None``."""
+        return self._proc.pid if self._proc is not None and self._proc.running else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self._proc is not None and self._proc.running
+
     def stop_steps(self) -> Sequence[tuple[int, float]]:
         """Signals sent in turn on stop, each with how long to wait for the process to exit."""
         raise NotImplementedError
@@ -437,16 +447,6 @@ class NatsServer(ManagedServer):
     def config_path(self) -> Path:
         """The generated nats-server configuration file."""
         return self.config.store_dir / self.CONFIG_NAME
-
-    @property
-    def pid(self) -> int | None:
-        """Pid of the running server, else ``None``."""
-        return self._proc.pid if self._proc is not None and self._proc.running else None
-
-    @property
-    def running(self) -> bool:
-        """Whether the server process is alive."""
-        return self._proc is not None and self._proc.running
 
     # -- lifecycle ---------------------------------------------------------
 

@@ -245,16 +245,6 @@ class PostgresServer(ManagedServer):
         """The log file (initdb and postgres stdout/stderr, appended)."""
         return self.config.data_dir / self.LOG_NAME
 
-    @property
-    def pid(self) -> int | None:
-        """Pid of the running postmaster, else ``None``."""
-        return self._proc.pid if self._proc is not None and self._proc.running else None
-
-    @property
-    def running(self) -> bool:
-        """Whether the postmaster process is alive."""
-        return self._proc is not None and self._proc.running
-
     # -- lifecycle ---------------------------------------------------------
 
     def _env(self) -> dict[str, str]:
