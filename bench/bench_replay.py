@@ -32,6 +32,7 @@ from symbiote.bus.envelope import Envelope, make_event
 from symbiote.bus.ids import now_ms
 from symbiote.bus.stream import Bus
 from symbiote.home import DataDir
+from symbiote.lifecycle import tune_gc
 from symbiote.logs import configure_logging
 from symbiote.projections import PostgresServer, PostgresServerConfig, Projector, replay
 from symbiote.signers.keys import SigningKey, sign_event
@@ -167,6 +168,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the lag test")
     options = parser.parse_args()
     configure_logging("warning", json=True)
+    tune_gc()  # as `symbiote up` does
     results = asyncio.run(bench_replay(options.events, options.rate, options.seconds))
     merge_results(results)
     targets = {"replay_per_s": ">= 10000", "projection_lag_p99_ms": "< 100"}

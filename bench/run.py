@@ -12,6 +12,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS, merge_results
+from symbiote.lifecycle import tune_gc
 from symbiote.logs import configure_logging
 
 BENCHES = [
@@ -33,6 +34,7 @@ TARGETS = {
 
 async def main() -> None:
     configure_logging("warning", json=True)
+    tune_gc()  # as `symbiote up` does
     for module_name, function_name in BENCHES:
         module = importlib.import_module(module_name)
         bench: Callable[[], Awaitable[dict[str, Any]]] = getattr(module, function_name)

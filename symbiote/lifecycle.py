@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Self
 
-__all__ = ["Service"]
+__all__ = ["Service", "tune_gc"]
 
 
 class Service:
@@ -33,3 +34,15 @@ class Service:
         task, self._service_task = self._service_task, None
         if task is not None:
             await task
+
+
+def tune_gc() -> None:
+    """Collect garbage less often, and never re-scan what start-up allocated.
+
+    A long-running component holds many long-lived objects (registry state, compiled models);
+    CPython's default thresholds make full collections over them frequent and slow, which shows
+    as latency spikes of a hundred milliseconds and more under load. Called once at start.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)

@@ -29,6 +29,7 @@ from symbiote.bus.stream import Bus
 from symbiote.dispatcher.executors import Builtin, Executors
 from symbiote.dispatcher.service import Dispatcher
 from symbiote.home import DataDir
+from symbiote.lifecycle import tune_gc
 from symbiote.projections import MEMORY_SEARCH_DEFINITION, Projections, memory_search_builtin
 from symbiote.projections.pgserver import PostgresServer, PostgresServerConfig
 from symbiote.registry.definition import load_definition
@@ -134,6 +135,7 @@ class Runtime:
                 api.board.notifiers.append(telegram)
                 stack.push_async_callback(telegram.close)
             self.extras["api"] = api
+        tune_gc()
         self.home.write_runtime(
             {"nats_url": self.nats_url, "postgres_dsn": self.postgres_dsn, "api_url": self.api_url, "pid": os.getpid()}
         )

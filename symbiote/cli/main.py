@@ -20,6 +20,7 @@ from symbiote.cli.chain import EventRow, follow_chain, rows
 from symbiote.cli.common import DataDirOpt, JsonOpt, NatsOpt, _bus, _emit, _home, _print_row, _run, console, err
 from symbiote.errors import SymbioteError
 from symbiote.home import DataDir
+from symbiote.lifecycle import tune_gc
 from symbiote.logs import configure_logging
 from symbiote.registry.definition import load_definition
 from symbiote.registry.follower import RegistryFollower
@@ -187,6 +188,7 @@ def dispatcher(
                 builtins["memory.search"] = memory_search_builtin(memory)
             executors = Executors(home.workspaces_dir, builtins=builtins)
             await stack.enter_async_context(Dispatcher(bus, home.load_key("runtime"), executors))
+            tune_gc()
             print("dispatcher ready", flush=True)
             await stop.wait()
 
