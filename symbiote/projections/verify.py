@@ -25,14 +25,13 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 
 from symbiote.bus.envelope import Envelope, from_wire, peek_id
 from symbiote.bus.stream import Bus, StoredMsg
 from symbiote.errors import DecodeError
-from symbiote.signers.keyring import Keyring, SigCheck, Verdict
+from symbiote.signers.keyring import Keyring, Verdict
 from symbiote.signers.keys import signature_backend, verify_sig
 
 __all__ = [
@@ -169,38 +168,8 @@ class SignatureChecker:
 
 
 def verdict_at(keyring: Keyring, event: Envelope, seq: int, sig_ok: Sequence[bool]) -> Verdict:
-    """:meth:`Keyring.verify` at ``seq`` with the cryptographic results already known.
-
-    Same rules, same reasons and order: at least one signature; each by a key registered
-    before ``seq`` and not revoked by then, and verifying; the actor among the signers.
-    """
-    if not event.sigs:
-        return Verdict((), "bad_signature", "event carries no signature")
-    if len(sig_ok) != len(event.sigs):
-        return keyring.verify(event, seq)
-    checks: list[SigCheck] = []
-    first: tuple[Any, str] | None = None
-    for sig, crypto_ok in zip(event.sigs, sig_ok, strict=True):
-        entry = keyring.keys.get(sig.kid)
-        reason: Any = None
-        detail = ""
-        if entry is None or entry.registered_seq >= seq:
-            reason, detail = "unknown_key", f"key {sig.kid} is not registered before seq {seq}"
-        elif not entry.valid_at(seq):
-            reason, detail = "revoked_key", f"key {sig.kid} of {entry.principal} was revoked"
-        elif not crypto_ok:
-            reason, detail = "bad_signature", f"signature by {sig.kid} does not verify"
-        checks.append(
-            SigCheck(sig.kid, reason is None, entry.principal if entry else None, entry.role if entry else None, reason)
-        )
-        if reason is not None and first is None:
-            first = (reason, detail)
-    if first is not None:
-        return Verdict(tuple(checks), first[0], first[1])
-    if event.actor not in {c.principal for c in checks}:
-        roles = sorted({c.role or "?" for c in checks})
-        return Verdict(tuple(checks), "wrong_role", f"{event.actor} is not among the signers (roles {roles})")
-    return Verdict(tuple(checks), None)
+    """:meth:`Keyring.verify` at ``seq`` with the cryptographic results already known."""
+    return Keyring.verify(keyring, event, seq, crypto_ok=sig_ok)
 
 
 @dataclass
@@ -228,9 +197,16 @@ class CachedKeyring(Keyring):
         while len(self.crypto) > self.crypto_limit:
             self.crypto.popitem(last=False)
 
-    def verify(self, event: Envelope, seq: int, *, signing_input: bytes | None = None) -> Verdict:
-        if not event.sigs:
-            return super().verify(event, seq, signing_input=signing_input)
+    def verify(
+        self,
+        event: Envelope,
+        seq: int,
+        *,
+        signing_input: bytes | None = None,
+        crypto_ok: Sequence[bool] | None = None,
+    ) -> Verdict:
+        if not event.sigs or crypto_ok is not None:
+            return super().verify(event, seq, signing_input=signing_input, crypto_ok=crypto_ok)
         message = signing_input if signing_input is not None else event.signing_input()
         digest = hashlib.sha256(message).digest()
         results: list[bool] = []
