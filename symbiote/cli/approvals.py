@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from symbiote.bus.envelope import Envelope, make_event
 from symbiote.bus.ids import now_ms
@@ -75,7 +75,15 @@ def approvals(data_dir: DataDirOpt = None, nats_url: NatsOpt = None, as_json: Js
         if not found:
             console.print("No command is waiting for approval.")
             return
-        table = Table("command id", "command", "arguments", "risk", "sandbox", "signed / needs")
+        # the id must stay whole and copyable whatever the terminal's width
+        table = Table(
+            Column("command id", min_width=36, overflow="fold"),
+            "command",
+            "arguments",
+            "risk",
+            "sandbox",
+            "signed / needs",
+        )
         for item in found:
             box = item["sandbox"]
             table.add_row(
