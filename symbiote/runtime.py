@@ -53,6 +53,7 @@ class RuntimeOptions:
     api_port: int = 8443
     name: str | None = None
     llm_url: str | None = None
+    stream_replicas: int = 1
     llm_model: str | None = None
 
 
@@ -96,7 +97,7 @@ class Runtime:
             self.nats_url = nats.url
         self.bus = await Bus.connect(self.nats_url, name="symbiote-runtime")
         stack.push_async_callback(self.bus.close)
-        await self.bus.ensure_stream()
+        await self.bus.ensure_stream(replicas=self.options.stream_replicas)
         report = await initialize(self.bus, self.home, name=self.options.name)
         if report.created_keys or report.registered or report.defined:
             log.info("init", created=report.created_keys, registered=report.registered, defined=report.defined)

@@ -252,3 +252,15 @@ async def test_bad_input_does_not_stop_the_dispatcher(world: World, dispatcher: 
     assert dispatcher._service_task is not None and not dispatcher._service_task.done()
     await asyncio.sleep(0)
     assert is_terminal(await world.wait_terminal(proposal.id), proposal.id)
+
+
+async def test_bus_connects_to_a_list_of_servers(nats_url: str) -> None:
+    from symbiote.bus.stream import Bus
+
+    bus = await Bus.connect(f"nats://127.0.0.1:1,{nats_url}")  # the first is down: the pool moves on
+    try:
+        await bus.ensure_stream(replicas=1)
+        assert await bus.last_seq() >= 0
+        assert bus.nc.connected_url is not None and str(bus.nc.connected_url.port) == nats_url.rsplit(":", 1)[1]
+    finally:
+        await bus.close()

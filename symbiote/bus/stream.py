@@ -103,10 +103,13 @@ class Bus:
 
     @classmethod
     async def connect(cls, url: str, *, name: str = "symbiote", stream: str = DEFAULT_STREAM) -> Bus:
-        """Connect (reconnecting forever on loss) and return a bus; the stream is not created here."""
+        """Connect (reconnecting forever on loss) and return a bus; the stream is not created here.
+
+        ``url`` may list several servers of a cluster separated by commas.
+        """
         try:
             nc = await nats.connect(
-                url,
+                [part.strip() for part in url.split(",") if part.strip()],  # a cluster: a,b,c
                 name=name,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.25,

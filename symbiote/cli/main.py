@@ -83,6 +83,9 @@ def up(
         ),
     ] = None,
     llm_model: Annotated[str | None, typer.Option(envvar="SYMBIOTE_LLM_MODEL", help="Model name for --llm-url")] = None,
+    stream_replicas: Annotated[
+        int, typer.Option(min=1, max=5, help="Replicas of the stream when --nats-url is a cluster (3 recommended)")
+    ] = 1,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Start the embedded servers and the runtime; stop everything on Ctrl-C / SIGTERM."""
@@ -98,6 +101,7 @@ def up(
         api_host=api_host,
         llm_url=llm_url,
         llm_model=llm_model,
+        stream_replicas=stream_replicas,
     )
 
     async def go() -> None:
