@@ -59,7 +59,7 @@ class Stack:
 @pytest.fixture
 def chromium_path() -> str:
     if not Path(CHROMIUM).exists():
-        pytest.skip("Chromium is not installed (apt-get install -y chromium)")
+        pytest.fail("Chromium is not installed: `make test` installs it (apt-get install -y chromium)")
     ARTIFACTS.mkdir(exist_ok=True)
     return CHROMIUM
 

@@ -48,7 +48,7 @@ import * as canon from "/canon.js"; window.canon = canon; window.ready = true;
 def page() -> Iterator[Any]:
     """A Chromium page on a secure (https) origin that has loaded the page's canon.js."""
     if not Path(CHROMIUM).exists():
-        pytest.skip("Chromium is not installed (apt-get install -y chromium)")
+        pytest.fail("Chromium is not installed: `make test` installs it (apt-get install -y chromium)")
     with playwright_sync.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:

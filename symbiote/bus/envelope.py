@@ -192,10 +192,8 @@ def from_wire(data: bytes, *, max_size: int = MAX_EVENT_BYTES) -> Envelope:
 def peek_id(data: bytes) -> str | None:
     """Best-effort event id of undecodable bytes (for denial events); None if unreadable."""
     try:
-        import msgpack
-
         raw = msgpack.unpackb(data, raw=False, strict_map_key=False, timestamp=0)
-    except Exception:  # noqa: BLE001 - any garbage means "no readable id"; callers count it
+    except (ValueError, TypeError, msgpack.UnpackException):  # garbage: no readable id; callers count it
         return None
     if isinstance(raw, dict) and is_event_id(raw.get("id")):
         return str(raw["id"])
