@@ -12,12 +12,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
+import itertools
 import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -35,6 +37,8 @@ __all__ = [
     "lan_addresses",
     "load_certificate",
 ]
+
+log = structlog.get_logger("symbiote.api")
 
 CERT_FILE = "cert.pem"
 KEY_FILE = "key.pem"
@@ -68,21 +72,12 @@ def fingerprint_of(cert: x509.Certificate) -> str:
 
 
 def lan_addresses() -> list[str]:
-    """IPv4 addresses of this host other than loopback, best effort (no packet is sent)."""
-    found: list[str] = []
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    """IPv4 addresses of this host other than loopback, best effort (read locally; nothing is sent)."""
+    found = _kernel_local_addresses()
     try:
-        probe.connect(("10.255.255.255", 1))  # UDP connect only picks a route; nothing is sent
-        found.append(probe.getsockname()[0])
-    except OSError:
-        pass
-    finally:
-        probe.close()
-    try:
-        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
-            found.append(str(info[4][0]))
-    except OSError:
-        pass
+        found += [str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)]
+    except OSError as exc:
+        log.debug("tls.hostname_unresolved", error=str(exc))
     unique: list[str] = []
     for address in found:
         try:
@@ -92,6 +87,20 @@ def lan_addresses() -> list[str]:
         if not (ip.is_loopback or ip.is_unspecified or ip.is_link_local) and address not in unique:
             unique.append(address)
     return unique
+
+
+def _kernel_local_addresses(path: Path = Path("/proc/net/fib_trie")) -> list[str]:
+    """The host's own IPv4 addresses from the kernel's routing trie (Linux): the ``/32 host LOCAL`` leaves."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        log.debug("tls.no_fib_trie", error=str(exc))
+        return []
+    found: list[str] = []
+    for previous, line in itertools.pairwise(lines):
+        if line.strip() == "/32 host LOCAL":
+            found.append(previous.strip().removeprefix("|-- ").strip())
+    return found
 
 
 def load_certificate(tls_dir: Path) -> x509.Certificate:
