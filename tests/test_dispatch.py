@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import msgpack
@@ -264,3 +265,28 @@ async def test_bus_connects_to_a_list_of_servers(nats_url: str) -> None:
         assert bus.nc.connected_url is not None and str(bus.nc.connected_url.port) == nats_url.rsplit(":", 1)[1]
     finally:
         await bus.close()
+
+
+async def test_follow_resubscribes_after_a_server_restart(world: World, nats_server: NatsServer) -> None:
+    seen: list[int] = []
+
+    async def follow() -> None:
+        async for msg in world.bus.follow("sym.in.>"):
+            seen.append(msg.seq)
+
+    task = asyncio.create_task(follow())
+    try:
+        first = await world.bus.publish(make_event("input.text", "user:alice", {"text": "before"}))
+        await eventually(lambda: _is_in(first.seq, seen))
+        await nats_server.restart()
+        second = await world.bus.publish(make_event("input.text", "user:alice", {"text": "after"}))
+        await eventually(lambda: _is_in(second.seq, seen), timeout=30)
+        assert seen == [first.seq, second.seq], "nothing twice, nothing skipped"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _is_in(value: int, values: list[int]) -> bool:
+    return value in values

@@ -203,13 +203,11 @@ class ApprovalBoard:
 
     # -- following -------------------------------------------------------------------------
     async def _follow(self) -> None:
-        while True:
+        async for msg in self.bus.follow("sym.>", from_seq=self.position + 1):
             try:
-                async for msg in self.bus.read("sym.>", from_seq=self.position + 1, follow=True):
-                    self._apply(msg)
-            except Exception as exc:  # noqa: BLE001 - nats-py raises plain errors on reconnect; re-follow
-                log.warning("board.follow_retry", error=repr(exc), position=self.position)
-                await asyncio.sleep(0.5)
+                self._apply(msg)
+            except Exception as exc:  # noqa: BLE001 - one event the board cannot show must not stop the page
+                log.error("board.apply_failed", seq=msg.seq, error=repr(exc))
 
     def _apply(self, msg: StoredMsg) -> None:
         try:

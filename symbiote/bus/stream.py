@@ -40,6 +40,8 @@ __all__ = [
 DEFAULT_STREAM = "SYMBIOTE"
 _WRONG_LAST_SEQUENCE = 10071
 T = TypeVar("T")
+# what a subscription may raise when the server restarts or the connection is re-established
+_FOLLOW_ERRORS = (nats.errors.Error, nats.js.errors.Error, TimeoutError, BusError, OSError)
 _RETRYABLE = (
     asyncio.TimeoutError,
     nats.errors.TimeoutError,
@@ -315,6 +317,25 @@ class Bus:
             with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
                 await sub.unsubscribe()
 
+    async def follow(
+        self, subject: str = "sym.>", *, from_seq: int = 1, batch: int = 256, window_s: float = 1.0
+    ) -> AsyncGenerator[StoredMsg, None]:
+        """:meth:`read` with ``follow``, supervised: after a NATS error (a server restart, a stalled
+        subscription) it subscribes again from the message after the last one it yielded."""
+        position = from_seq - 1
+        backoff = 0.1
+        while True:
+            try:
+                stream = self.read(subject, from_seq=position + 1, follow=True, batch=batch, window_s=window_s)
+                async with contextlib.aclosing(stream) as messages:
+                    async for msg in messages:
+                        position, backoff = msg.seq, 0.1
+                        yield msg
+            except _FOLLOW_ERRORS as exc:
+                log.warning("follow.resubscribe", subject=subject, position=position, error=repr(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
     async def _retry(self, call: Callable[[], Awaitable[T]], attempts: int = 20) -> T:
         delay = 0.05
         for attempt in range(1, attempts + 1):
@@ -391,7 +412,7 @@ class PullConsumer:
                     except (TimeoutError, nats.errors.TimeoutError):
                         continue  # no messages within the fetch window
                     await self.handler([Delivery(m) for m in msgs])
-            except (TimeoutError, nats.errors.Error, nats.js.errors.Error, BusError, OSError) as exc:
+            except _FOLLOW_ERRORS as exc:
                 if self._stop.is_set():
                     break
                 self.rebinds += 1

@@ -66,7 +66,8 @@ async def rows(bus: Bus, *, from_seq: int = 1, follow: bool = False, subject: st
             if msg.seq >= from_seq:
                 break
             _fold(state, msg)
-    async for msg in bus.read(subject if subject != "sym.>" else "sym.>", from_seq=from_seq, follow=follow):
+    source = bus.follow(subject, from_seq=from_seq) if follow else bus.read(subject, from_seq=from_seq)
+    async for msg in source:
         yield _row(state, msg)
 
 

@@ -478,23 +478,13 @@ class Dispatcher(Service):
     # -- approval expiry -------------------------------------------------------------------
     async def _follow_requests(self) -> None:
         """Learn every pending approval request (also those other dispatchers made)."""
-        while not self._stop.is_set():
-            try:
-                async for msg in self.bus.read("sym.cmd.*.approval_requested", follow=True):
-                    with contextlib.suppress(DecodeError):
-                        event = from_wire(msg.data)
-                        expires = event.body.get("expires_at")
-                        cid = event.body.get("command_id")
-                        if isinstance(expires, int) and isinstance(cid, str):
-                            self._pending.setdefault(cid, expires)
-            except BusError as exc:
-                log.warning("dispatch.follow_retry", error=str(exc))
-                await asyncio.sleep(1)
-            except Exception as exc:  # noqa: BLE001 - nats-py raises plain errors on reconnect; re-follow
-                if self._stop.is_set():
-                    return
-                log.warning("dispatch.follow_retry", error=repr(exc))
-                await asyncio.sleep(1)
+        async for msg in self.bus.follow("sym.cmd.*.approval_requested"):
+            with contextlib.suppress(DecodeError):
+                event = from_wire(msg.data)
+                expires = event.body.get("expires_at")
+                cid = event.body.get("command_id")
+                if isinstance(expires, int) and isinstance(cid, str):
+                    self._pending.setdefault(cid, expires)
 
     async def _expire_loop(self) -> None:
         while not self._stop.is_set():
