@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from symbiote.bootstrap import initialize
 from symbiote.bus.envelope import Envelope, from_wire, make_event
@@ -15,6 +16,8 @@ from symbiote.bus.stream import Bus, StoredMsg
 from symbiote.errors import DecodeError
 from symbiote.home import DataDir
 from symbiote.signers.keys import SigningKey, sign_event
+
+A = TypeVar("A", bound="Actors")
 
 
 @dataclass
@@ -106,11 +109,11 @@ def is_terminal(event: Envelope, command_id: str) -> bool:
     return event.type == "command.denied" and event.cause == command_id
 
 
-async def make_world(nats_url: str, root: Path) -> World:
+async def make_world(nats_url: str, root: Path, *, name: str = "alice") -> World:
     bus = await Bus.connect(nats_url)
     await bus.ensure_stream()
     home = DataDir(root)
-    await initialize(bus, home, name="alice")
+    await initialize(bus, home, name=name)
     return World(bus, home)
 
 
@@ -120,3 +123,47 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.05)
+
+
+@dataclass
+class Actors:
+    """The keys of an initialized data dir, and shortcuts to build and publish signed events."""
+
+    bus: Bus
+    home: DataDir
+    owner: SigningKey
+    user: SigningKey
+    agent: SigningKey
+    runtime: SigningKey
+
+    async def send(self, event: Envelope) -> int:
+        return (await self.bus.publish(event)).seq
+
+    def sign(self, key: SigningKey, kind: str, body: dict[str, Any], **kw: Any) -> Envelope:
+        return sign_event(make_event(kind, key.principal, body, **kw), key)
+
+    def text(self, text: str, key: SigningKey | None = None) -> Envelope:
+        return self.sign(key or self.user, "input.text", {"text": text})
+
+    def proposal(self, source: Envelope, command: str, args: dict[str, Any], confidence: float = 0.9) -> Envelope:
+        body = {"command": command, "args": args, "confidence": confidence, "expires_at": now_ms() + 600_000}
+        return self.sign(self.agent, "command.proposed", body, corr=source.id, cause=source.id)
+
+    def runtime_event(self, kind: str, proposal: Envelope, **body: Any) -> Envelope:
+        return self.sign(self.runtime, kind, {"command_id": proposal.id, **body}, corr=proposal.corr, cause=proposal.id)
+
+    def approval(self, proposal: Envelope, key: SigningKey | None = None, approve: bool = True) -> Envelope:
+        kind = "command.approved" if approve else "command.rejected"
+        body = {"command_id": proposal.id, "digest": proposal.digest()}
+        return self.sign(key or self.user, kind, body, corr=proposal.corr)
+
+
+@asynccontextmanager
+async def actors_on(nats_url: str, root: Path, cls: type[A], *, name: str = "ann") -> AsyncIterator[A]:
+    """``cls`` (an :class:`Actors`) over a data dir at ``root`` initialized on ``nats_url``."""
+    world = await make_world(nats_url, root, name=name)
+    home = world.home
+    try:
+        yield cls(world.bus, home, *(home.load_key(r) for r in ("owner", "user", "agent", "runtime")))
+    finally:
+        await world.bus.close()

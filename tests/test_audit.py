@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from typer.testing import CliRunner
 
 from symbiote.bootstrap import initialize
 from symbiote.bus.envelope import Envelope, make_event
-from symbiote.bus.ids import now_ms
 from symbiote.bus.stream import Bus
 from symbiote.cli import history
 from symbiote.dispatcher import Dispatcher, Executors
@@ -39,38 +37,13 @@ from symbiote.projections import (
 )
 from symbiote.projections.db import connect
 from symbiote.signers.keys import SigningKey, sign_event
+from tests.helpers import Actors, actors_on
 
 pytestmark = pytest.mark.timeout(120)
 
 
-@dataclass
-class World:
-    bus: Bus
-    home: DataDir
-    owner: SigningKey
-    user: SigningKey
-    agent: SigningKey
-    runtime: SigningKey
-
-    async def send(self, event: Envelope) -> int:
-        return (await self.bus.publish(event)).seq
-
-    def sign(self, key: SigningKey, kind: str, body: dict[str, Any], **kw: Any) -> Envelope:
-        return sign_event(make_event(kind, key.principal, body, **kw), key)
-
-    def text(self, text: str, key: SigningKey | None = None) -> Envelope:
-        return self.sign(key or self.user, "input.text", {"text": text})
-
-    def proposal(self, source: Envelope, command: str, args: dict[str, Any]) -> Envelope:
-        body = {"command": command, "args": args, "confidence": 0.9, "expires_at": now_ms() + 600_000}
-        return self.sign(self.agent, "command.proposed", body, corr=source.id, cause=source.id)
-
-    def runtime_event(self, kind: str, proposal: Envelope, **body: Any) -> Envelope:
-        return self.sign(self.runtime, kind, {"command_id": proposal.id, **body}, corr=proposal.corr, cause=proposal.id)
-
-    def approval(self, proposal: Envelope) -> Envelope:
-        body = {"command_id": proposal.id, "digest": proposal.digest()}
-        return self.sign(self.user, "command.approved", body, corr=proposal.corr)
+class World(Actors):
+    """:class:`Actors` with a checkpointer signing as the runtime."""
 
     def checkpointer(self, **kw: Any) -> Checkpointer:
         return Checkpointer(self.bus, self.runtime, self.home.checkpoints_dir, **kw)
@@ -78,16 +51,8 @@ class World:
 
 @pytest_asyncio.fixture
 async def world(nats_url: str, tmp_path: Path) -> AsyncIterator[World]:
-    bus = await Bus.connect(nats_url)
-    await bus.ensure_stream()
-    home = DataDir(tmp_path / "home")
-    await initialize(bus, home, name="ann")
-    try:
-        yield World(
-            bus, home, home.load_key("owner"), home.load_key("user"), home.load_key("agent"), home.load_key("runtime")
-        )
-    finally:
-        await bus.close()
+    async with actors_on(nats_url, tmp_path / "home", World) as found:
+        yield found
 
 
 async def session(w: World, tmp_path: Path) -> dict[str, Envelope]:

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,12 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from symbiote.bootstrap import define_command, initialize
+from symbiote.bootstrap import define_command
 from symbiote.bus.envelope import Envelope, from_wire, make_event
 from symbiote.bus.ids import now_ms
 from symbiote.bus.stream import Bus
 from symbiote.dispatcher import Dispatcher, Executors
 from symbiote.errors import StoreError
-from symbiote.home import DataDir
 from symbiote.projections import (
     MEMORY_SEARCH_DEFINITION,
     MemoryStore,
@@ -40,6 +38,7 @@ from symbiote.projections.verify import SignatureChecker, decode, verdict_at
 from symbiote.registry.definition import load_definition
 from symbiote.registry.policy import fold_command
 from symbiote.signers.keys import SigningKey, sign_event
+from tests.helpers import Actors, actors_on
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -48,52 +47,10 @@ RNG = random.Random(20261123)  # noqa: S311 - test data, not cryptography
 
 
 # -- helpers -----------------------------------------------------------------------------------
-@dataclass
-class Actors:
-    """The keys of an initialized data dir, and shortcuts to publish signed events."""
-
-    bus: Bus
-    home: DataDir
-    owner: SigningKey
-    user: SigningKey
-    agent: SigningKey
-    runtime: SigningKey
-
-    async def send(self, event: Envelope) -> int:
-        return (await self.bus.publish(event)).seq
-
-    def sign(self, key: SigningKey, kind: str, body: dict[str, Any], **kw: Any) -> Envelope:
-        return sign_event(make_event(kind, key.principal, body, **kw), key)
-
-    def text(self, text: str, key: SigningKey | None = None) -> Envelope:
-        key = key or self.user
-        return self.sign(key, "input.text", {"text": text})
-
-    def proposal(self, source: Envelope, command: str, args: dict[str, Any], confidence: float = 0.9) -> Envelope:
-        body = {"command": command, "args": args, "confidence": confidence, "expires_at": now_ms() + 600_000}
-        return self.sign(self.agent, "command.proposed", body, corr=source.id, cause=source.id)
-
-    def runtime_event(self, kind: str, proposal: Envelope, **body: Any) -> Envelope:
-        return self.sign(self.runtime, kind, {"command_id": proposal.id, **body}, corr=proposal.corr, cause=proposal.id)
-
-    def approval(self, proposal: Envelope, key: SigningKey | None = None, approve: bool = True) -> Envelope:
-        key = key or self.user
-        kind = "command.approved" if approve else "command.rejected"
-        return self.sign(key, kind, {"command_id": proposal.id, "digest": proposal.digest()}, corr=proposal.corr)
-
-
 @pytest_asyncio.fixture
 async def actors(nats_url: str, tmp_path: Path) -> AsyncIterator[Actors]:
-    bus = await Bus.connect(nats_url)
-    await bus.ensure_stream()
-    home = DataDir(tmp_path / "home")
-    await initialize(bus, home, name="ann")
-    try:
-        yield Actors(
-            bus, home, home.load_key("owner"), home.load_key("user"), home.load_key("agent"), home.load_key("runtime")
-        )
-    finally:
-        await bus.close()
+    async with actors_on(nats_url, tmp_path / "home", Actors) as found:
+        yield found
 
 
 def burst(a: Actors, n: int, stranger: SigningKey) -> list[Envelope | bytes]:
