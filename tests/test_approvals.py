@@ -177,3 +177,23 @@ async def test_approval_for_unknown_command_is_noted(world: World, dispatcher: D
     await world.bus.publish(sign_answer(ghost, world.user, approve=True))
     events = await world.wait_for(ghost.id, lambda evs: any(e.type == "command.denied" for e in evs))
     assert notes(events) == ["malformed"]
+
+
+async def test_forged_decisions_change_nothing(world: World, dispatcher: Dispatcher) -> None:
+    proposal = await requested(world, ["echo", "still-mine"])
+    for key, kind, body in (
+        (world.user, "command.denied", {"reason": "rejected_by_user", "detail": "forged"}),
+        (world.agent, "command.started", {"sandbox": {}}),
+        (world.owner, "command.succeeded", {"exit_code": 0, "output": {}, "duration_ms": 0}),
+    ):
+        forged = sign_event(
+            make_event(kind, key.principal, {"command_id": proposal.id, **body}, cause=proposal.id), key
+        )
+        await world.bus.publish(forged)
+    life = await load_life(world.bus, RegistryFollower(world.bus), proposal.id)
+    assert life.pending_approval and life.terminal is None and not life.started_seq, "only the runtime decides"
+    await world.bus.publish(sign_answer(proposal, world.user, approve=True))
+    outcome = await world.wait_for(
+        proposal.id, lambda evs: any(e.type == "command.succeeded" and e.actor == "runtime:main" for e in evs)
+    )
+    assert [e.type for e in outcome if e.actor == "runtime:main"].count("command.started") == 1

@@ -19,7 +19,6 @@ from typing import Any
 import structlog
 
 from symbiote.bus.envelope import Envelope, from_wire, make_event
-from symbiote.bus.events import CommandProposed
 from symbiote.bus.ids import is_event_id, now_ms
 from symbiote.bus.stream import Bus, Delivery, PullConsumer
 from symbiote.dispatcher.executors import Executors, Outcome
@@ -363,7 +362,6 @@ class Dispatcher(Service):
     ) -> None:
         """Claim with ``command.started`` (only one writer can), run, publish the outcome."""
         cid = proposal.id
-        body = CommandProposed.model_validate(proposal.body)
         subject = f"sym.cmd.{cid}.>"
         started = self._sign(
             make_event(
@@ -375,11 +373,12 @@ class Dispatcher(Service):
             )
         )
         ack = await self.bus.publish(started, expect_last_seq=last_seq, expect_subject=subject)
-        log.info("dispatch.started", command_id=cid, event_id=started.id, command=body.command, rerun=rerun)
+        log.info("dispatch.started", command_id=cid, event_id=started.id, command=definition.name, rerun=rerun)
         inprocess = definition.executor == "noop" or definition.executor.startswith("builtin:")
         keepalive = None if delivery is None or inprocess else asyncio.create_task(self._keep_alive(delivery))
         try:
-            outcome = await self.executors.run(cid, definition, dict(body.args))
+            # the proposal's body was validated when it was judged (check_proposal)
+            outcome = await self.executors.run(cid, definition, dict(proposal.body["args"]))
         finally:
             if keepalive is not None:
                 keepalive.cancel()

@@ -16,6 +16,7 @@ from symbiote.registry.definition import ApprovalPolicy, CommandDefinition, vali
 from symbiote.registry.state import RegistryState
 
 __all__ = [
+    "RUNTIME_DECISIONS",
     "ApprovalCheck",
     "CommandLife",
     "Denial",
@@ -155,14 +156,28 @@ class CommandLife:
         return {"command_id": self.command_id, "state": state, "approvals": sorted(self.approvals)}
 
 
+RUNTIME_DECISIONS = frozenset(
+    {"command.approval_requested", "command.started", "command.succeeded", "command.failed", "command.denied"}
+)
+
+
+def _by_runtime(state: RegistryState, event: Envelope, seq: int) -> bool:
+    """True if ``event`` is signed, as its actor, only by runtime keys valid at ``seq``."""
+    verdict = state.keyring.verify(event, seq)
+    return verdict.ok and event.actor_role == "runtime" and all(c.role == "runtime" for c in verdict.checks)
+
+
 def fold_command(command_id: str, events: list[tuple[int, Envelope]], state: RegistryState) -> CommandLife:
     """Fold a command's events. Approvals count only if :func:`check_approval` accepts them and
-    they came after the approval request and before the command was decided."""
+    they came after the approval request and before the command was decided; decisions (request,
+    start, outcome, denial) count only if the runtime signed them."""
     life = CommandLife(command_id)
     for seq, event in events:
         life.events.append((seq, event))
         life.last_seq = max(life.last_seq, seq)
         kind = event.type
+        if kind in RUNTIME_DECISIONS and not _by_runtime(state, event, seq):
+            continue  # only the runtime decides: a forged decision changes nothing
         if kind == "command.proposed":
             if life.proposal is None and event.id == command_id:
                 life.proposal, life.proposal_seq = event, seq
