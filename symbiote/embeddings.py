@@ -7,12 +7,17 @@ fetched at run time. Used for intent matching (agents) and memory vectors (proje
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 __all__ = ["Embedder", "load_embedder"]
+
+# The tokenizer's own thread pool would hold locks across a fork, and the projections fork
+# worker processes that embed: keep tokenizing single-threaded (the texts are short).
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 class Embedder:

@@ -34,9 +34,10 @@ from symbiote.projections import (
 )
 from symbiote.projections.db import connect, load_migrations
 from symbiote.projections.fold import Folder
-from symbiote.projections.verify import SignatureChecker, decode, verdict_at
+from symbiote.projections.verify import WorkerPool, decode, verdict_at
 from symbiote.registry.definition import load_definition
 from symbiote.registry.policy import fold_command
+from symbiote.signers.keyring import Keyring
 from symbiote.signers.keys import SigningKey, sign_event
 from tests.helpers import Actors, actors_on
 
@@ -165,17 +166,20 @@ async def test_verdict_at_equals_keyring_verify(actors: Actors) -> None:
     seq = await a.send(a.text("anything"))
     folder = Folder(a.bus)
     await folder.prime(seq)
-    checker = SignatureChecker()
+    messages = [_stored(seq + 1 + i, event) for i, event in enumerate(cases)]
+    pool = WorkerPool(workers=2, chunk=1, inline=0)  # every message examined in a worker process
     try:
-        for event in cases:
-            item = decode(_stored(seq + 1, event))
-            await checker.check([item])
-            for position in (1, 3, seq + 1):
-                assert verdict_at(folder.state.keyring, event, position, item.sig_ok) == folder.state.keyring.verify(
-                    event, position
-                )
+        examined = await pool.decode(messages)
     finally:
-        checker.close()
+        pool.close()
+    assert [d.sig_ok for d in examined] == [decode(m).sig_ok for m in messages]
+    assert examined[2].sig_ok == [False] and examined[4].sig_ok == []  # forged, unsigned
+    for item, event in zip(examined, cases, strict=True):
+        assert item.event == event and item.body_problem is None
+        for position in (1, 3, seq + 1):
+            # the plain registry rules with the crypto computed here (no cache involved)
+            expected = Keyring.verify(Keyring(folder.state.keyring.keys), event, position)
+            assert verdict_at(folder.state.keyring, event, position, item.sig_ok) == expected
 
 
 def _stored(seq: int, event: Envelope) -> Any:

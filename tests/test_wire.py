@@ -84,12 +84,55 @@ def _valid_wire() -> bytes:
         ("truncated", lambda m: canon(m)[:-3]),
         ("garbage", lambda m: b"\xc1\xff\x00garbage"),
         ("short signature", lambda m: canon({**m, "sigs": [{"kid": m["sigs"][0]["kid"], "sig": b"x" * 10}]})),
+        ("unsorted nested keys", lambda m: msgpack.packb({**m, "body": dict(reversed(list(m["body"].items())))})),
+        ("ext type in body", lambda m: msgpack.packb({**m, "body": {**m["body"], "x": msgpack.ExtType(5, b"!")}})),
+        ("timestamp in body", lambda m: msgpack.packb({**m, "body": {**m["body"], "x": msgpack.Timestamp(1, 0)}})),
+        ("bin map key in body", lambda m: msgpack.packb({**m, "body": {b"a": 1}}, use_bin_type=True)),
+        ("version true", lambda m: canon({**m, "v": True})),
+        ("version float", lambda m: canon({**m, "v": 1.0})),
+        ("at bool", lambda m: canon({**m, "at": True})),
+        ("at negative", lambda m: canon({**m, "at": -5})),
+        ("type too long", lambda m: canon({**m, "type": "x" * 65})),
+        ("body not a map", lambda m: canon({**m, "body": [1]})),
+        ("sigs not an array", lambda m: canon({**m, "sigs": m["sigs"][0]})),
+        ("signature extra key", lambda m: canon({**m, "sigs": [{**m["sigs"][0], "z": 1}]})),
+        ("kid not a string", lambda m: canon({**m, "sigs": [{**m["sigs"][0], "kid": 7}]})),
     ],
 )
 def test_decoder_rejects(name: str, mutate: Any) -> None:
     raw = msgpack.unpackb(_valid_wire(), raw=False)
     with pytest.raises(DecodeError):
         from_wire(mutate(raw))
+
+
+def test_decoder_agrees_with_the_definition() -> None:
+    """decode_canonical accepts exactly the bytes that are canon() of what they decode to."""
+    raw = msgpack.unpackb(_valid_wire(), raw=False)
+    nested = {"a": [1, {"b": 2.5, "c": [b"x", None, True]}], "é": {"z": -(2**63), "ä": 2**64 - 1}}
+    candidates = [
+        canon(raw),
+        canon(nested),
+        msgpack.packb(nested, use_bin_type=True),
+        msgpack.packb({"b": 1, "a": 2}),
+        msgpack.packb({"a": {"d": 1, "c": 2}}),
+        msgpack.packb([{"b": 1, "a": 2}]),
+        msgpack.packb({"a": 1.5}, use_single_float=True),
+        msgpack.packb({"a": "x"}, use_bin_type=False),
+        b"\xcd\x00\x01",  # 1 as uint16
+        b"\xd9\x01a",  # "a" as str8
+    ]
+    for data in candidates:
+        try:
+            value = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            expected = canon(value) == data
+        except (DecodeError, ValueError, TypeError):
+            expected = False
+        try:
+            decode_canonical(data)
+            accepted = True
+        except DecodeError:
+            accepted = False
+        assert accepted == expected, data
 
 
 def test_non_minimal_int_rejected() -> None:

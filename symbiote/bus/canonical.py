@@ -55,7 +55,14 @@ def canon(value: Any) -> bytes:
 
 
 def decode_canonical(data: bytes, *, max_size: int | None = None) -> Any:
-    """Decode ``data`` and require that it is exactly the canonical encoding of the result."""
+    """Decode ``data`` and require that it is exactly the canonical encoding of the result.
+
+    Equivalent to ``canon(value) == data`` but about three times cheaper: the value is packed
+    again in the order it was decoded in (which catches non-minimal ints, float32, duplicate
+    keys and str/bin confusion) and its maps are checked to be in canonical key order.
+    Timestamps decode to floats (so they never pack back to the same bytes) and any other
+    extension type is refused outright.
+    """
     if max_size is not None and len(data) > max_size:
         raise DecodeError("message too large", size=len(data), max_size=max_size)
     try:
@@ -64,12 +71,39 @@ def decode_canonical(data: bytes, *, max_size: int | None = None) -> Any:
             raw=False,
             use_list=True,
             strict_map_key=True,
-            timestamp=0,
+            timestamp=1,
+            ext_hook=_refuse_ext,
         )
     except msgpack.ExtraData as exc:
         raise DecodeError("trailing bytes after msgpack value") from exc
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise DecodeError("not valid msgpack", error=str(exc)) from exc
-    if canon(value) != data:
+    try:
+        again = msgpack.packb(value, **_PACKER_OPTS)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise DecodeError("value cannot be packed canonically", error=str(exc)) from exc
+    if again != data or not _keys_in_order(value):
         raise DecodeError("msgpack is not in canonical form")
     return value
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"extension type {code} is not allowed")
+
+
+def _keys_in_order(value: Any) -> bool:
+    """Every map in ``value`` has str keys in strictly ascending (= canonical) order."""
+    if type(value) is dict:
+        previous: str | None = None
+        for key, item in value.items():
+            if type(key) is not str or (previous is not None and key <= previous):
+                return False
+            previous = key
+            if (type(item) is dict or type(item) is list) and not _keys_in_order(item):
+                return False
+        return True
+    if type(value) is list:
+        for item in value:
+            if (type(item) is dict or type(item) is list) and not _keys_in_order(item):
+                return False
+    return True

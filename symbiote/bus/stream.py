@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import nats
@@ -27,6 +26,7 @@ from nats.js import JetStreamContext, api
 
 from symbiote.bus.envelope import Envelope
 from symbiote.bus.events import subject_for
+from symbiote.bus.reader import StoredMsg, read_ordered
 from symbiote.errors import BusError, ConflictError
 
 __all__ = [
@@ -52,16 +52,6 @@ _RETRYABLE = (
     nats.js.errors.ServiceUnavailableError,
 )
 log = structlog.get_logger("symbiote.bus")
-
-
-@dataclass(frozen=True)
-class StoredMsg:
-    """One message as stored in the stream."""
-
-    seq: int
-    subject: str
-    data: bytes
-    time_ms: int = 0
 
 
 class Delivery:
@@ -273,60 +263,25 @@ class Bus:
             data=msg.data,
         )
 
-    async def read(
-        self,
-        subject: str = "sym.>",
-        *,
-        from_seq: int = 1,
-        follow: bool = False,
-        batch: int = 256,
-        window_s: float = 1.0,
+    def read(
+        self, subject: str = "sym.>", *, from_seq: int = 1, follow: bool = False
     ) -> AsyncGenerator[StoredMsg, None]:
-        """Read the stream in order through an ephemeral consumer; ``follow`` waits for new events.
+        """The stream's messages on ``subject`` from ``from_seq``, in order; ``follow`` waits for new ones.
 
-        A fetch that finds fewer than ``batch`` messages pending waits up to ``window_s`` for
-        more: a latency-sensitive follower passes a short window (large batches while catching
-        up, prompt delivery once caught up).
+        An ordered push consumer (:func:`~symbiote.bus.reader.read_ordered`): a gap or a stall
+        restarts it after the last message yielded. Without ``follow`` the read ends at the end
+        of the stream.
         """
-        config = api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=max(from_seq, 1),
-            ack_policy=api.AckPolicy.NONE,
-            filter_subject=subject,
-            inactive_threshold=30.0,
-            mem_storage=True,
-        )
-        sub = await self.js.pull_subscribe(subject, durable=None, stream=self.stream, config=config)
-        try:
-            if not follow and (await sub.consumer_info()).num_pending == 0:
-                return
-            while True:
-                try:
-                    msgs = await sub.fetch(batch, timeout=window_s if follow else max(window_s, 0.5))
-                except (TimeoutError, nats.errors.TimeoutError):
-                    _raise_if_cancelling()
-                    if follow:
-                        continue
-                    return
-                for msg in msgs:
-                    meta = msg.metadata
-                    yield StoredMsg(meta.sequence.stream, msg.subject, msg.data, int(meta.timestamp.timestamp() * 1000))
-                if not follow and msgs and msgs[-1].metadata.num_pending == 0:
-                    return
-        finally:
-            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
-                await sub.unsubscribe()
+        return read_ordered(self.nc, self.js, self.stream, subject, from_seq=from_seq, follow=follow)
 
-    async def follow(
-        self, subject: str = "sym.>", *, from_seq: int = 1, batch: int = 256, window_s: float = 1.0
-    ) -> AsyncGenerator[StoredMsg, None]:
+    async def follow(self, subject: str = "sym.>", *, from_seq: int = 1) -> AsyncGenerator[StoredMsg, None]:
         """:meth:`read` with ``follow``, supervised: after a NATS error (a server restart, a stalled
         subscription) it subscribes again from the message after the last one it yielded."""
         position = from_seq - 1
         backoff = 0.1
         while True:
             try:
-                stream = self.read(subject, from_seq=position + 1, follow=True, batch=batch, window_s=window_s)
+                stream = read_ordered(self.nc, self.js, self.stream, subject, from_seq=position + 1, follow=True)
                 async with contextlib.aclosing(stream) as messages:
                     async for msg in messages:
                         position, backoff = msg.seq, 0.1

@@ -43,8 +43,7 @@ from symbiote.projections.verify import (
     CHECKPOINT_SUBJECT,
     CachedKeyring,
     Decoded,
-    SignatureChecker,
-    decode,
+    WorkerPool,
     entry_hash,
     reading,
     verdict_at,
@@ -576,13 +575,13 @@ async def audit(
     state = await bus.stream_state()
     report.stream_first_seq = int(state.first_seq or 0)
     report.stream_last_seq = int(state.last_seq or 0)
-    checker = SignatureChecker()
+    checker = WorkerPool()
+    checker.start()
     try:
         chunk: list[StoredMsg] = []
 
         async def flush() -> None:
-            decoded = [decode(m) for m in chunk]
-            await checker.check(decoded)
+            decoded = await checker.decode(chunk)
             auditor.keyring.remember(decoded)
             for item in decoded:
                 auditor.message(item)
@@ -591,7 +590,7 @@ async def audit(
             chunk.clear()
 
         if report.stream_last_seq:
-            async with reading(bus, "sym.>", from_seq=1, batch=1024) as messages:
+            async with reading(bus, "sym.>", from_seq=1) as messages:
                 async for msg in messages:
                     if msg.seq > report.stream_last_seq:
                         break
@@ -679,7 +678,7 @@ async def _find_input(bus: Bus, input_id: str, before_seq: int) -> tuple[int, En
     if windows[0][0] > 1:
         windows.append((1, windows[0][0]))
     for start, end in windows:
-        async with reading(bus, "sym.in.>", from_seq=start, batch=512) as messages:
+        async with reading(bus, "sym.in.>", from_seq=start) as messages:
             async for msg in messages:
                 if msg.seq >= end:
                     break
@@ -701,7 +700,7 @@ async def why(bus: Bus, command_id: str) -> CommandStory:
     story.found = True
     last = msgs[-1].seq
     state = RegistryState()
-    async with reading(bus, "sym.reg.>", from_seq=1, batch=1024) as messages:
+    async with reading(bus, "sym.reg.>", from_seq=1) as messages:
         async for msg in messages:
             if msg.seq > last:
                 break

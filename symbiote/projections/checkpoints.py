@@ -347,7 +347,7 @@ class Checkpointer:
     async def _scan(self, target: int) -> None:
         if target <= self._scanned:
             return
-        async with reading(self.bus, "sym.>", from_seq=self._scanned + 1, batch=1024) as messages:
+        async with reading(self.bus, "sym.>", from_seq=self._scanned + 1) as messages:
             async for msg in messages:
                 if msg.seq > target:
                     break
@@ -365,7 +365,7 @@ class Checkpointer:
         follower = RegistryFollower(self.bus)
         valid: list[CheckpointRecord] = []
         self._subject_last = 0
-        async with reading(self.bus, CHECKPOINT_SUBJECT, batch=1024) as messages:
+        async with reading(self.bus, CHECKPOINT_SUBJECT) as messages:
             async for msg in messages:
                 self._subject_last = msg.seq
                 try:

@@ -17,16 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from symbiote.bus.envelope import Envelope, from_wire
-from symbiote.bus.events import parse_body
 from symbiote.bus.stream import Bus
 from symbiote.errors import DecodeError
+from symbiote.projections.jsontext import json_text, jsonable, pg_text
 from symbiote.projections.verify import CachedKeyring, Decoded, reading, verdict_at
 from symbiote.registry.policy import CommandLife, Denial, check_approval, fold_command
 from symbiote.registry.state import REGISTRY_TYPES, RegistryState
@@ -122,43 +121,6 @@ MEMORY_SKIP_COMMANDS = frozenset({"memory.search"})  # its outcomes quote memory
 _INT64_MAX = 2**63 - 1
 EarlierLookup = Callable[[list[str], int], Awaitable[set[str]]]
 """``(command ids, before seq) -> the ids that have an event before that sequence``."""
-
-
-def pg_text(value: str) -> str:
-    """``value`` without NUL characters (PostgreSQL text and jsonb cannot hold them)."""
-    return value.replace("\x00", "\ufffd") if "\x00" in value else value
-
-
-def jsonable(value: Any) -> Any:
-    """A JSON-ready copy: bytes as hex, non-finite floats as strings, no NUL characters."""
-    if isinstance(value, dict):
-        return {pg_text(str(k)): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, str):
-        return pg_text(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    return value
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    raise TypeError(f"not JSON: {type(value).__name__}")
-
-
-def _json(value: Any) -> str:
-    """JSON text for a jsonb column (see :func:`jsonable`); the fast path skips the copy when it can."""
-    try:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_json_default)
-    except (ValueError, TypeError):
-        text = ""
-    if not text or "\\u0000" in text:
-        text = json.dumps(jsonable(value), ensure_ascii=False, separators=(",", ":"))
-    return text
 
 
 def _int64(value: Any) -> int | None:
@@ -331,7 +293,6 @@ class Folder:
         """Fold ``batch`` (ascending sequences, crypto results filled) and return the rows it changes."""
         rows = Rows()
         touched: dict[str, None] = {}
-        self.keyring.remember(batch)
         for item in batch:
             if item.seq <= self.position:
                 continue  # already folded (a redelivery)
@@ -392,13 +353,9 @@ class Folder:
         else:
             verdict = verdict_at(self.state.keyring, event, item.seq, item.sig_ok)
         problem = _problem(verdict)
-        body_ok = True
+        body_ok = item.body_problem is None
         if problem is None:
-            try:
-                parse_body(event)
-            except DecodeError as exc:
-                body_ok = False
-                problem = f"invalid body: {exc.message}: {exc.fields.get('error', '')}"[:500]
+            problem = item.body_problem
             if body_ok and registry and event.type not in REGISTRY_TYPES:
                 problem = f"{event.type} is not a registry event"
         rows.events.append(
@@ -412,7 +369,7 @@ class Folder:
                 event.corr,
                 event.cause,
                 _opt(cid),
-                _json(event.body),
+                item.body_json if item.body_json is not None else json_text(event.body),
                 [pg_text(p) for p in verdict.principals] if verdict.ok else [],
                 _opt(problem),
                 item.raw_sha256,
@@ -539,7 +496,7 @@ class Folder:
         elif terminal is not None:
             exit_code = _int32(terminal.body.get("exit_code"))
             duration = _int64(terminal.body.get("duration_ms"))
-            output = _json(terminal.body.get("output", {}))
+            output = json_text(terminal.body.get("output", {}))
         confidence = body.get("confidence")
         command = body.get("command")
         timeline = [_timeline_entry(seq, event) for seq, event in life.events]
@@ -548,7 +505,7 @@ class Folder:
             pg_text(cid),
             state,
             pg_text(command) if isinstance(command, str) else None,
-            _json(body["args"]) if "args" in body else None,
+            json_text(body["args"]) if "args" in body else None,
             float(confidence) if isinstance(confidence, (int, float)) and not isinstance(confidence, bool) else None,
             pg_text(proposal.actor) if proposal is not None else None,
             proposal.corr if proposal is not None else None,
@@ -560,7 +517,7 @@ class Folder:
             definition.approval.quorum if definition is not None else None,
             life.requested_at_seq or None,
             _int64(life.approval_expires_at),
-            _json(approvals),
+            json_text(approvals),
             _opt(life.rejected_by),
             denial_reason,
             denial_detail,
@@ -572,7 +529,7 @@ class Folder:
             output,
             life.last_seq,
             _int64(last_event.at) if last_event is not None else None,
-            _json(timeline),
+            json_text(timeline),
         )
 
     def _registry_row(self, name: str) -> tuple[Any, ...] | None:
@@ -594,7 +551,7 @@ class Folder:
             definition.approval.mode,
             definition.approval.quorum,
             pg_text(definition.description),
-            _json(definition.to_map()),
+            json_text(definition.to_map()),
         )
 
 

@@ -26,7 +26,6 @@ import nats.errors
 import structlog
 
 from symbiote.bus.stream import Bus, StoredMsg
-from symbiote.embeddings import Embedder, load_embedder
 from symbiote.errors import BusError, StoreError
 from symbiote.projections.db import DB_ERRORS, apply_migrations, connect, translate
 from symbiote.projections.fold import (
@@ -39,7 +38,7 @@ from symbiote.projections.fold import (
     Folder,
     Rows,
 )
-from symbiote.projections.verify import Decoded, SignatureChecker, decode
+from symbiote.projections.verify import Decoded, WorkerPool
 
 __all__ = ["CommitHook", "Projector", "ProjectorStats", "read_checkpoint"]
 
@@ -47,6 +46,7 @@ log = structlog.get_logger("symbiote.projections")
 CommitHook = Callable[[int, int, int], None]
 """Called after each commit with (first_seq, last_seq, count) of the batch written."""
 _END = StoredMsg(0, "", b"")
+_Batch = tuple[Rows, "asyncio.Task[Any] | None"]  # a folded batch and the embedding of its memory texts
 _READ_ERRORS = (nats.errors.Error, BusError, OSError, TimeoutError)
 
 
@@ -97,10 +97,8 @@ class Projector:
         from_seq: int = 1,
         until_seq: int | None = None,
         batch: int = 2048,
-        fetch: int = 1024,
         memory: bool = True,
-        embedder: Embedder | None = None,
-        checker: SignatureChecker | None = None,
+        workers: WorkerPool | None = None,
         on_commit: CommitHook | None = None,
         queue_size: int = 50_000,
     ) -> None:
@@ -112,11 +110,9 @@ class Projector:
         self.from_seq = max(1, from_seq)
         self.until_seq = until_seq
         self.batch = batch
-        self.fetch = fetch
         self.memory = memory
-        self.embedder = embedder
-        self.checker = checker or SignatureChecker()
-        self._own_checker = checker is None
+        self.workers = workers or WorkerPool()
+        self._own_workers = workers is None
         self.on_commit = on_commit
         self.stats = ProjectorStats()
         self.position = 0  # last committed stream sequence
@@ -139,9 +135,9 @@ class Projector:
             if origin == 1 and self.position > 0:
                 self._lookup = await connect(self.dsn, self.schema)
             await folder.prime(self.position)
-            if self.memory and self.embedder is None:
-                self.embedder = await asyncio.to_thread(load_embedder)
-            writes: asyncio.Queue[Rows | None] = asyncio.Queue(2)
+            if self._own_workers:
+                self.workers.start(embedding=self.memory)  # fork now, before other threads exist
+            writes: asyncio.Queue[_Batch | None] = asyncio.Queue(3)
             writer = asyncio.create_task(self._write_loop(conn, writes), name=f"projector-write-{self.schema}")
             stop = asyncio.create_task(self._stop.wait())
             tasks = [
@@ -168,8 +164,8 @@ class Projector:
             if lookup is not None:
                 with contextlib.suppress(*DB_ERRORS):
                     await lookup.close()
-            if self._own_checker:
-                self.checker.close()
+            if self._own_workers:
+                self.workers.close()
             self.stats.seconds = time.perf_counter() - started
         return self.stats
 
@@ -230,9 +226,7 @@ class Projector:
             if self.until_seq is not None and position >= self.until_seq:
                 break
             try:
-                stream = self.bus.read(
-                    "sym.>", from_seq=position + 1, follow=self.follow, batch=self.fetch, window_s=0.02
-                )
+                stream = self.bus.read("sym.>", from_seq=position + 1, follow=self.follow)
                 async with contextlib.aclosing(stream) as messages:
                     async for msg in messages:
                         if msg.seq <= position:
@@ -252,9 +246,9 @@ class Projector:
                 backoff = min(backoff * 2, 2.0)
         await self._queue.put(_END)
 
-    async def _fold_loop(self, folder: Folder, writes: asyncio.Queue[Rows | None]) -> None:
-        """Decode batch N+1 and check its signatures (in worker processes) while batch N is folded."""
-        ahead: tuple[list[Decoded], asyncio.Task[None]] | None = None
+    async def _fold_loop(self, folder: Folder, writes: asyncio.Queue[_Batch | None]) -> None:
+        """Decode and check batch N+1 (in the worker processes) while batch N is folded here."""
+        ahead: asyncio.Task[list[Decoded]] | None = None
         ended = False
         first = True
         while not (ended and ahead is None):
@@ -267,54 +261,42 @@ class Projector:
                 if msgs and msgs[-1] is _END:
                     msgs.pop()
                     ended = True
-            current: tuple[list[Decoded], asyncio.Task[None]] | None = None
-            if msgs:
-                mark = time.perf_counter()
-                decoded = [decode(m) for m in msgs]
-                self.stats.add("decode", mark)
-                current = (decoded, asyncio.create_task(self.checker.check(decoded)))
+            current = asyncio.create_task(self.workers.decode(msgs)) if msgs else None
             if ahead is not None:
-                await self._fold_batch(folder, writes, *ahead)
+                await self._fold_batch(folder, writes, ahead)
             elif first and ended and current is None:
-                await self._fold_batch(folder, writes, [], None)  # nothing to read: still write primed rows
+                await self._fold_batch(folder, writes, None)  # nothing to read: still write primed rows
             first = False
             ahead = current
         await writes.put(None)
 
     async def _fold_batch(
-        self,
-        folder: Folder,
-        writes: asyncio.Queue[Rows | None],
-        decoded: list[Decoded],
-        checking: asyncio.Task[None] | None,
+        self, folder: Folder, writes: asyncio.Queue[_Batch | None], decoding: asyncio.Task[list[Decoded]] | None
     ) -> None:
         stats = self.stats
         mark = time.perf_counter()
-        if checking is not None:
-            await checking
-        mark = stats.add("signatures", mark)
+        decoded = await decoding if decoding is not None else []
+        mark = stats.add("decode", mark)
         await folder.prepare(decoded, earlier=self._earlier if self._lookup is not None else None)
         mark = stats.add("prepare", mark)
         rows = folder.fold(decoded)
         mark = stats.add("fold", mark)
         if not rows.empty or rows.count:
-            await writes.put(rows)
+            # the texts are embedded (in the worker processes) while earlier batches are written
+            embedding = asyncio.create_task(self.workers.embed([m.text for m in rows.memory])) if rows.memory else None
+            await writes.put((rows, embedding))
             stats.add("wait_writer", mark)
 
-    async def _write_loop(self, conn: asyncpg.Connection, writes: asyncio.Queue[Rows | None]) -> None:
+    async def _write_loop(self, conn: asyncpg.Connection, writes: asyncio.Queue[_Batch | None]) -> None:
         while True:
             item = await writes.get()
             if item is None:
                 return
-            rows = item
+            rows, embedding = item
             mark = time.perf_counter()
             vectors: Any = None
-            if rows.memory and self.embedder is not None:
-                texts = [m.text for m in rows.memory]
-                if len(texts) > 16:
-                    vectors = await asyncio.to_thread(self.embedder.embed, texts)
-                else:
-                    vectors = self.embedder.embed(texts)
+            if embedding is not None:
+                vectors = await embedding
                 mark = self.stats.add("embed", mark)
             await self._write(conn, rows, vectors)
             self.stats.add("write", mark)

@@ -2,7 +2,8 @@
 
 The replay runs the same :class:`~symbiote.projections.projector.Projector` as the live
 service, in big transactions, into a new schema (the HNSW index of ``memory`` is built once
-at the end instead of row by row). It then compares a digest per table with the live
+at the end instead of row by row; the tables of a schema that is not kept are UNLOGGED, since
+it is dropped after the comparison anyway). It then compares a digest per table with the live
 schema at the same stream position:
 
 ``digest(table) = SHA-256( SHA-256(row₁ as text) ‖ SHA-256(row₂ as text) ‖ … )``
@@ -189,6 +190,8 @@ async def replay(
         if await schema_exists(conn, schema):
             raise StoreError("the replay schema already exists; choose another or drop it", schema=schema)
         await apply_migrations(conn, schema)
+        if not keep:
+            await _unlogged(conn, schema)
         with translate("drop the memory index for the bulk load", schema=schema):
             index_sql = await conn.fetchval(
                 "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND indexname = $2", schema, _HNSW_INDEX
@@ -278,11 +281,18 @@ async def _run_projector(
         from_seq=from_seq,
         until_seq=until,
         batch=batch,
-        fetch=2048,
         on_commit=lambda first, last, count: advance(count),
     )
     stats = await projector.run()
     return stats.events
+
+
+async def _unlogged(conn: asyncpg.Connection, schema: str) -> None:
+    """Make the tables of a schema that is dropped after the comparison UNLOGGED: no WAL to write."""
+    with translate("make the replay tables unlogged", schema=schema):
+        tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", schema)
+        for row in tables:
+            await conn.execute(f"ALTER TABLE {quote_ident(schema)}.{quote_ident(row['tablename'])} SET UNLOGGED")
 
 
 async def _drop(conn: asyncpg.Connection, schema: str) -> None:

@@ -18,19 +18,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import multiprocessing
 import os
+import signal
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import structlog
 
-from symbiote.bus.envelope import Envelope, from_wire, peek_id
+from symbiote.bus.envelope import Envelope, from_accepted_wire, from_wire, peek_id
+from symbiote.bus.events import parse_body
 from symbiote.bus.stream import Bus, StoredMsg
+from symbiote.embeddings import load_embedder
 from symbiote.errors import DecodeError
+from symbiote.projections.jsontext import json_text
 from symbiote.signers.keyring import Keyring, Verdict
 from symbiote.signers.keys import signature_backend, verify_sig
 
@@ -38,7 +46,7 @@ __all__ = [
     "CHECKPOINT_SUBJECT",
     "CachedKeyring",
     "Decoded",
-    "SignatureChecker",
+    "WorkerPool",
     "decode",
     "entry_hash",
     "reading",
@@ -47,14 +55,16 @@ __all__ = [
 
 CHECKPOINT_SUBJECT = "sym.audit.checkpoint"
 log = structlog.get_logger("symbiote.projections")
+_PR_SET_PDEATHSIG = 1
+_EMBED_INLINE = 64  # up to this many texts are embedded in the calling thread
 
 
 @contextlib.asynccontextmanager
 async def reading(
-    bus: Bus, subject: str = "sym.>", *, from_seq: int = 1, follow: bool = False, batch: int = 1024
+    bus: Bus, subject: str = "sym.>", *, from_seq: int = 1, follow: bool = False
 ) -> AsyncIterator[AsyncIterator[StoredMsg]]:
     """``async with reading(bus, ...) as messages``: :meth:`Bus.read`, closed (consumer removed) on leaving."""
-    messages = bus.read(subject, from_seq=from_seq, follow=follow, batch=batch)
+    messages = bus.read(subject, from_seq=from_seq, follow=follow)
     try:
         yield messages
     finally:
@@ -72,51 +82,84 @@ def entry_hash(seq: int, subject: str, data: bytes) -> bytes:
 
 @dataclass(slots=True)
 class Decoded:
-    """One stored message, decoded (``event``) or not (``error``), with its signatures' crypto results."""
+    """One stored message, decoded (``event``) or not (``error``), with what can be checked without
+    knowing its position: the cryptographic result of each signature, whether the body fits its
+    type (``body_problem``), the body's JSON text and the SHA-256 of the stored bytes."""
 
     seq: int
     subject: str
     data: bytes
     event: Envelope | None
     error: str | None
-    signing_input: bytes = b""
+    raw_sha256: bytes
     sig_ok: list[bool] = field(default_factory=list)
-
-    @property
-    def raw_sha256(self) -> bytes:
-        return hashlib.sha256(self.data).digest()
+    body_problem: str | None = None
+    body_json: str | None = None
 
     @property
     def peeked_id(self) -> str | None:
         return self.event.id if self.event is not None else peek_id(self.data)
 
 
-def decode(msg: StoredMsg) -> Decoded:
-    """Decode one message with :func:`~symbiote.bus.envelope.from_wire` (no signature check yet)."""
+_Checked = tuple[str | None, list[bool], str | None, str | None, bytes]
+"""What a worker sends back for one message: (error, sig_ok, body_problem, body_json, raw_sha256)."""
+
+
+def _examine(data: bytes) -> tuple[Envelope | None, _Checked]:
+    """Decode, check the signatures' cryptography and the body of one message."""
+    raw_sha256 = hashlib.sha256(data).digest()
     try:
-        event = from_wire(msg.data)
+        event = from_wire(data)
     except DecodeError as exc:
         detail = exc.fields.get("error") or exc.fields.get("missing") or ""
         text = f"{exc.message}: {detail}" if detail else exc.message
-        return Decoded(msg.seq, msg.subject, msg.data, None, text[:500])
-    return Decoded(msg.seq, msg.subject, msg.data, event, None, event.signing_input() if event.sigs else b"")
+        return None, (text[:500], [], None, None, raw_sha256)
+    message = event.signing_input()
+    sig_ok = [verify_sig(sig.kid, sig.sig, message) for sig in event.sigs]
+    try:
+        parse_body(event)
+        body_problem = None
+    except DecodeError as exc:
+        body_problem = f"invalid body: {exc.message}: {exc.fields.get('error', '')}"[:500]
+    return event, (None, sig_ok, body_problem, json_text(event.body), raw_sha256)
 
 
-def _check_one(kid: str, sig: bytes, message: bytes) -> bool:
-    return verify_sig(kid, sig, message)
+def _examine_chunk(chunk: Sequence[bytes]) -> list[_Checked]:
+    """:func:`_examine` of each message, without the envelopes (cheaper to decode again than to send)."""
+    return [_examine(data)[1] for data in chunk]
 
 
-def _check_chunk(items: Sequence[tuple[str, bytes, bytes]]) -> list[bool]:
-    return [_check_one(kid, sig, message) for kid, sig, message in items]
+def _decoded(msg: StoredMsg, event: Envelope | None, checked: _Checked) -> Decoded:
+    error, sig_ok, body_problem, body_json, raw_sha256 = checked
+    return Decoded(msg.seq, msg.subject, msg.data, event, error, raw_sha256, sig_ok, body_problem, body_json)
 
 
-class SignatureChecker:
-    """Checks the cryptographic part of many signatures.
+def decode(msg: StoredMsg) -> Decoded:
+    """Decode and examine one message in this process (see :meth:`WorkerPool.decode`)."""
+    return _decoded(msg, *_examine(msg.data))
 
-    Small batches (a live follower's) are checked in the calling thread. Large ones (replay,
+
+def _embed_chunk(texts: list[str]) -> Any:
+    return load_embedder().embed(texts)
+
+
+def _die_with_parent() -> None:
+    """In a worker: be killed when the process that started the pool dies (even by SIGKILL)."""
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
+
+
+class WorkerPool:
+    """Worker processes for the CPU-bound parts of projecting: signature checks and embeddings.
+
+    Small batches (a live follower's) are handled in the calling thread. Large ones (replay,
     audit, catching up) are split over worker *processes*: threads would not help, because
-    each short verify call hands the GIL back and then waits up to a switch interval to get
-    it again while the event loop runs Python code.
+    each short call hands the GIL back and then waits up to a switch interval to get it again
+    while the event loop runs Python code.
     """
 
     def __init__(self, workers: int | None = None, *, chunk: int = 512, inline: int = 1024) -> None:
@@ -126,39 +169,56 @@ class SignatureChecker:
         self._pool: ProcessPoolExecutor | None = None
         self.backend = signature_backend()
 
+    def start(self, *, embedding: bool = False) -> None:
+        """Start the worker processes now (idempotent); with ``embedding``, load the model first so
+        they share it.
+
+        Call it early, from the event loop's thread, before other threads do work: the workers
+        are forked, and a fork copies whatever locks other threads hold at that moment. A pool
+        that was not started forks on its first large batch.
+        """
+        if embedding:
+            load_embedder()
+        if self.workers > 1:
+            pool = self._executor()
+            for future in [pool.submit(os.getpid) for _ in range(self.workers)]:
+                future.result()
+
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             # fork: the workers need nothing but this module, and unlike spawn/forkserver it does
             # not re-import the caller's main script (which may lack a __main__ guard)
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
             context = multiprocessing.get_context(method)
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_die_with_parent)
         return self._pool
 
-    async def check(self, batch: Sequence[Decoded]) -> None:
-        """Fill ``sig_ok`` of every decoded message in ``batch``."""
-        items: list[tuple[str, bytes, bytes]] = []
-        owners: list[Decoded] = []
-        for item in batch:
-            if item.event is None:
-                continue
-            for sig in item.event.sigs:
-                items.append((sig.kid, sig.sig, item.signing_input))
-                owners.append(item)
-        if not items:
-            return
-        if len(items) <= self.inline or self.workers == 1:
-            results = _check_chunk(items)
-        else:
-            loop = asyncio.get_running_loop()
-            size = max(self.chunk, -(-len(items) // (self.workers * 2)))
-            parts = [items[i : i + size] for i in range(0, len(items), size)]
-            chunks = await asyncio.gather(*(loop.run_in_executor(self._executor(), _check_chunk, p) for p in parts))
-            results = [ok for part in chunks for ok in part]
-        for item in batch:
-            item.sig_ok = []
-        for owner, ok in zip(owners, results, strict=True):
-            owner.sig_ok.append(ok)
+    async def decode(self, msgs: Sequence[StoredMsg]) -> list[Decoded]:
+        """Decode ``msgs`` and do every position-independent check of them (see :class:`Decoded`).
+
+        In the worker processes for a large batch: each sends back only its results, and this
+        process unpacks the accepted envelopes again (cheaper than receiving them pickled).
+        """
+        if len(msgs) <= self.inline or self.workers == 1:
+            return [decode(msg) for msg in msgs]
+        loop = asyncio.get_running_loop()
+        size = max(self.chunk, -(-len(msgs) // (self.workers * 2)))
+        parts = [[m.data for m in msgs[i : i + size]] for i in range(0, len(msgs), size)]
+        chunks = await asyncio.gather(*(loop.run_in_executor(self._executor(), _examine_chunk, p) for p in parts))
+        found: list[Decoded] = []
+        for msg, checked in zip(msgs, (c for part in chunks for c in part), strict=True):
+            found.append(_decoded(msg, from_accepted_wire(msg.data) if checked[0] is None else None, checked))
+        return found
+
+    async def embed(self, texts: list[str]) -> Any:
+        """Unit vectors of ``texts`` from the bundled model (:func:`~symbiote.embeddings.load_embedder`)."""
+        if len(texts) <= _EMBED_INLINE or self.workers == 1:
+            return load_embedder().embed(texts)
+        loop = asyncio.get_running_loop()
+        size = max(_EMBED_INLINE, -(-len(texts) // self.workers))
+        parts = [texts[i : i + size] for i in range(0, len(texts), size)]
+        chunks = await asyncio.gather(*(loop.run_in_executor(self._executor(), _embed_chunk, p) for p in parts))
+        return np.concatenate(chunks)
 
     def close(self) -> None:
         """Stop the worker processes; idempotent."""
@@ -168,30 +228,50 @@ class SignatureChecker:
 
 
 def verdict_at(keyring: Keyring, event: Envelope, seq: int, sig_ok: Sequence[bool]) -> Verdict:
-    """:meth:`Keyring.verify` at ``seq`` with the cryptographic results already known."""
-    return Keyring.verify(keyring, event, seq, crypto_ok=sig_ok)
+    """:meth:`Keyring.verify` at ``seq`` with the cryptographic results already known.
+
+    ``event`` is the message stored at ``seq``; a :class:`CachedKeyring` keeps the verdict, so
+    the policy functions that verify it again at its own position get it for free.
+    """
+    verdict = Keyring.verify(keyring, event, seq, crypto_ok=sig_ok)
+    if isinstance(keyring, CachedKeyring):
+        keyring.keep(event, seq, verdict)
+    return verdict
 
 
 @dataclass
 class CachedKeyring(Keyring):
-    """A :class:`Keyring` that remembers the cryptographic result of each signature it has seen.
+    """A :class:`Keyring` that remembers verdicts and the cryptographic result of signatures.
 
-    The registry rules are applied afresh on every call (:func:`verdict_at`); only the
-    position-independent answer "does this signature by this kid verify over this exact
-    signing input" is reused, keyed by (kid, signature, SHA-256 of the signing input).
-    The policy functions re-verify proposals and approvals many times; this makes that cheap.
+    The policy functions re-verify proposals, approvals and decisions many times; this makes
+    that cheap. Two things are kept:
+
+    - the verdict of each message at its own stream position, keyed by (seq, event id), as
+      :func:`verdict_at` computed it while folding in log order (every registry event before
+      that position had been applied, and later registry events cannot change a verdict at an
+      earlier position: keys are valid from their registration to their revocation);
+    - the position-independent answer "does this signature by this kid verify over this exact
+      signing input", keyed by (kid, signature, SHA-256 of the signing input); the registry
+      rules are then applied afresh.
     """
 
     crypto: OrderedDict[tuple[str, bytes, bytes], bool] = field(default_factory=OrderedDict, repr=False, compare=False)
     crypto_limit: int = field(default=200_000, repr=False, compare=False)
+    verdicts: OrderedDict[tuple[int, str], Verdict] = field(default_factory=OrderedDict, repr=False, compare=False)
+
+    def keep(self, event: Envelope, seq: int, verdict: Verdict) -> None:
+        """Remember the verdict of ``event``, the message at ``seq``, at its own position."""
+        self.verdicts[(seq, event.id)] = verdict
+        if len(self.verdicts) > self.crypto_limit:
+            self.verdicts.popitem(last=False)
 
     def remember(self, batch: Sequence[Decoded]) -> None:
-        """Keep the results :meth:`SignatureChecker.check` computed for ``batch``."""
+        """Keep the results :meth:`WorkerPool.check` computed for ``batch``."""
         for item in batch:
             event = item.event
             if event is None or len(item.sig_ok) != len(event.sigs):
                 continue
-            digest = hashlib.sha256(item.signing_input).digest()
+            digest = hashlib.sha256(event.signing_input()).digest()
             for sig, ok in zip(event.sigs, item.sig_ok, strict=True):
                 self.crypto[(sig.kid, sig.sig, digest)] = ok
         while len(self.crypto) > self.crypto_limit:
@@ -207,6 +287,9 @@ class CachedKeyring(Keyring):
     ) -> Verdict:
         if not event.sigs or crypto_ok is not None:
             return super().verify(event, seq, signing_input=signing_input, crypto_ok=crypto_ok)
+        kept = self.verdicts.get((seq, event.id))
+        if kept is not None:
+            return kept
         message = signing_input if signing_input is not None else event.signing_input()
         digest = hashlib.sha256(message).digest()
         results: list[bool] = []
@@ -214,7 +297,7 @@ class CachedKeyring(Keyring):
             key = (sig.kid, sig.sig, digest)
             ok = self.crypto.get(key)
             if ok is None:
-                ok = _check_one(sig.kid, sig.sig, message)
+                ok = verify_sig(sig.kid, sig.sig, message)
                 self.crypto[key] = ok
             results.append(ok)
         return verdict_at(self, event, seq, results)
