@@ -1,10 +1,10 @@
 """Replay: rebuild every projection from the log into a fresh schema and prove it equal to the live one.
 
 The replay runs the same :class:`~symbiote.projections.projector.Projector` as the live
-service, in big transactions, into a new schema (the HNSW index of ``memory`` is built once
-at the end instead of row by row; the tables of a schema that is not kept are UNLOGGED, since
-it is dropped after the comparison anyway). It then compares a digest per table with the live
-schema at the same stream position:
+service, in big transactions, into a new schema. The indexes that enforce nothing (the HNSW
+graph of ``memory`` among them) are built once at the end instead of row by row, and the
+tables of a schema that is not kept are UNLOGGED, since it is dropped after the comparison
+anyway. It then compares a digest per table with the live schema at the same stream position:
 
 ``digest(table) = SHA-256( SHA-256(row₁ as text) ‖ SHA-256(row₂ as text) ‖ … )``
 
@@ -52,7 +52,6 @@ DIGEST_TABLES: dict[str, tuple[str, str | None]] = {
     "memory": ("seq", "seq"),
 }
 """Digested tables: (ordering key, the sequence column a ``--from`` replay filters on)."""
-_HNSW_INDEX = "memory_embedding_hnsw"
 
 
 @dataclass(frozen=True)
@@ -192,12 +191,7 @@ async def replay(
         await apply_migrations(conn, schema)
         if not keep:
             await _unlogged(conn, schema)
-        with translate("drop the memory index for the bulk load", schema=schema):
-            index_sql = await conn.fetchval(
-                "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND indexname = $2", schema, _HNSW_INDEX
-            )
-            if index_sql:
-                await conn.execute(f"DROP INDEX {quote_ident(schema)}.{quote_ident(_HNSW_INDEX)}")
+        indexes = await _drop_secondary_indexes(conn, schema)
         target = await bus.last_seq()
         started = time.perf_counter()
         with _progress_bar(progress, console, max(0, target - from_seq + 1)) as advance:
@@ -206,9 +200,9 @@ async def replay(
             report.through_seq = await read_checkpoint(conn, name)
             if compare:
                 await _compare(bus, dsn, report, conn, from_seq, target, batch, name, advance, wait_live_s)
-        if index_sql:
-            with translate("build the memory index", schema=schema):
-                await conn.execute(str(index_sql))
+        with translate("build the indexes", schema=schema):
+            for index_sql in indexes:
+                await conn.execute(index_sql)
         report.seconds = time.perf_counter() - started
         report.digests = await table_digests(conn, min_seq=from_seq)
     except BaseException:
@@ -285,6 +279,26 @@ async def _run_projector(
     )
     stats = await projector.run()
     return stats.events
+
+
+async def _drop_secondary_indexes(conn: asyncpg.Connection, schema: str) -> list[str]:
+    """Drop the indexes that enforce nothing (all but primary keys) for the bulk load; return their DDL.
+
+    Building an index once over the loaded rows is cheaper than maintaining it row by row, the
+    HNSW graph of ``memory`` most of all.
+    """
+    with translate("drop the secondary indexes for the bulk load", schema=schema):
+        rows = await conn.fetch(
+            "SELECT i.indexname, i.indexdef FROM pg_indexes i "
+            "JOIN pg_class c ON c.relname = i.indexname "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = i.schemaname "
+            "JOIN pg_index x ON x.indexrelid = c.oid "
+            "WHERE i.schemaname = $1 AND NOT x.indisunique",
+            schema,
+        )
+        for row in rows:
+            await conn.execute(f"DROP INDEX {quote_ident(schema)}.{quote_ident(row['indexname'])}")
+    return [str(row["indexdef"]) for row in rows]
 
 
 async def _unlogged(conn: asyncpg.Connection, schema: str) -> None:
