@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -35,10 +36,11 @@ async def say(world: World, text: str, key: SigningKey | None = None) -> Envelop
 async def answer(world: World, source: Envelope, timeout: float = 10.0) -> Envelope:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        async for msg in world.bus.read("sym.cmd.>"):
-            event = from_wire(msg.data)
-            if event.cause == source.id and event.actor == "agent:main":
-                return event
+        async with contextlib.aclosing(world.bus.read("sym.cmd.>")) as messages:
+            async for msg in messages:
+                event = from_wire(msg.data)
+                if event.cause == source.id and event.actor == "agent:main":
+                    return event
         assert asyncio.get_running_loop().time() < deadline, "the agent did not answer"
         await asyncio.sleep(0.1)
 

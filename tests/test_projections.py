@@ -324,6 +324,22 @@ def _spawn_projector(nats_url: str, dsn: str) -> subprocess.Popen[bytes]:
     )
 
 
+def _projector_processes(nats_url: str) -> list[int]:
+    """Live processes running the projector script against this server (workers included)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"projections.projector import Projector" in cmdline and nats_url.encode() in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
 async def _checkpoint(dsn: str) -> int:
     try:
         rows = await fetch(dsn, "SELECT last_seq FROM projection_checkpoints WHERE name = 'main'")
@@ -377,6 +393,10 @@ async def test_sigkill_during_a_burst_never_applies_twice_or_skips(actors: Actor
         proc.wait()
     assert kills >= 3
     assert await _consistent(pg_dsn) == last
+    deadline = asyncio.get_running_loop().time() + 10
+    while _projector_processes(nats_url):  # its worker processes died with it
+        assert asyncio.get_running_loop().time() < deadline, _projector_processes(nats_url)
+        await asyncio.sleep(0.1)
     report = await replay(a.bus, pg_dsn)
     assert report.compared and not report.mismatches, (report.note, report.mismatches)
     assert report.through_seq == last

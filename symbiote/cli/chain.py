@@ -62,13 +62,15 @@ async def rows(bus: Bus, *, from_seq: int = 1, follow: bool = False, subject: st
     """
     state = RegistryState()
     if from_seq > 1:
-        async for msg in bus.read("sym.reg.>", from_seq=1):
-            if msg.seq >= from_seq:
-                break
-            _fold(state, msg)
+        async with contextlib.aclosing(bus.read("sym.reg.>", from_seq=1)) as registry:
+            async for msg in registry:
+                if msg.seq >= from_seq:
+                    break
+                _fold(state, msg)
     source = bus.follow(subject, from_seq=from_seq) if follow else bus.read(subject, from_seq=from_seq)
-    async for msg in source:
-        yield _row(state, msg)
+    async with contextlib.aclosing(source) as messages:
+        async for msg in messages:
+            yield _row(state, msg)
 
 
 def _fold(state: RegistryState, msg: StoredMsg) -> None:
