@@ -204,9 +204,13 @@ async def read_ordered(
             while True:
                 if not delivery.items:
                     delivery.ready.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(stall_s):
-                            await delivery.ready.wait()
+                    # a timer rather than asyncio.timeout: on 3.11 a timeout that fires as the task
+                    # is cancelled can swallow the cancellation
+                    timer = asyncio.get_running_loop().call_later(stall_s, delivery.ready.set)
+                    try:
+                        await delivery.ready.wait()
+                    finally:
+                        timer.cancel()
                     if not delivery.items:
                         if time.monotonic() - delivery.active >= stall_s:
                             why = f"no message nor heartbeat for {stall_s:g} s"
