@@ -190,6 +190,9 @@ async def read_ordered(
     restarts = 0
     why = ""
     while True:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError  # nats-py may have turned the cancellation into an error
         if restarts:
             log.warning("read.restart", subject=subject, after=position, why=why, attempt=restarts)
             if restarts > _MAX_RESTARTS and not follow:
