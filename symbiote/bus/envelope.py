@@ -183,8 +183,7 @@ def from_wire(data: bytes, *, max_size: int = MAX_EVENT_BYTES) -> Envelope:
     problem = _field_problem(raw)
     if problem is not None:
         raise DecodeError("envelope fields invalid", event_id=event_id, error=problem)
-    sigs = tuple(_trusted(Sig, {"kid": s["kid"], "sig": s["sig"]}) for s in raw["sigs"])
-    event = _trusted(Envelope, {**raw, "sigs": sigs})
+    event = _envelope_of(raw)
     # the decoded maps are already in canonical order (the bytes were canonical): pack directly
     parts = [raw["v"], raw["id"], raw["type"], raw["at"], raw["actor"], raw["corr"], raw["cause"], raw["body"]]
     _set_cache(event, DOMAIN + msgpack.packb(parts, use_bin_type=True, use_single_float=False))
@@ -197,7 +196,11 @@ def from_accepted_wire(data: bytes) -> Envelope:
     Only unpacks: no canonical-form or field checks, so never call it on bytes that did not
     pass :func:`from_wire`.
     """
-    raw = msgpack.unpackb(data, raw=False, strict_map_key=True, timestamp=1)
+    return _envelope_of(msgpack.unpackb(data, raw=False, strict_map_key=True, timestamp=1))
+
+
+def _envelope_of(raw: dict[str, Any]) -> Envelope:
+    """The envelope of a decoded map that :func:`_field_problem` accepted."""
     sigs = tuple(_trusted(Sig, {"kid": s["kid"], "sig": s["sig"]}) for s in raw["sigs"])
     return _trusted(Envelope, {**raw, "sigs": sigs})
 

@@ -39,7 +39,7 @@ from nats.js import JetStreamContext, api
 
 from symbiote.errors import BusError
 
-__all__ = ["StoredMsg", "read_ordered"]
+__all__ = ["StoredMsg", "raise_if_cancelling", "read_ordered"]
 
 _CONTROL = "100"  # heartbeats and flow-control requests
 _MAX_RESTARTS = 8  # restarts in a row without progress before a read without ``follow`` gives up
@@ -174,6 +174,13 @@ class _Delivery:
         self._push(_IDLE)
 
 
+def raise_if_cancelling() -> None:
+    """nats-py may turn a cancellation inside a request into a timeout: do not loop past a cancel."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def read_ordered(
     nc: Client,
     js: JetStreamContext,
@@ -190,9 +197,7 @@ async def read_ordered(
     restarts = 0
     why = ""
     while True:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise asyncio.CancelledError  # nats-py may have turned the cancellation into an error
+        raise_if_cancelling()  # nats-py may have turned the cancellation into an error
         if restarts:
             log.warning("read.restart", subject=subject, after=position, why=why, attempt=restarts)
             if restarts > _MAX_RESTARTS and not follow:

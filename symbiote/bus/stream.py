@@ -26,7 +26,7 @@ from nats.js import JetStreamContext, api
 
 from symbiote.bus.envelope import Envelope
 from symbiote.bus.events import subject_for
-from symbiote.bus.reader import StoredMsg, read_ordered
+from symbiote.bus.reader import StoredMsg, raise_if_cancelling, read_ordered
 from symbiote.errors import BusError, ConflictError
 
 __all__ = [
@@ -305,7 +305,7 @@ class Bus:
                 try:
                     msgs = await sub.fetch(batch, timeout=window_s if follow else max(window_s, 0.5))
                 except (TimeoutError, nats.errors.TimeoutError):
-                    _raise_if_cancelling()
+                    raise_if_cancelling()
                     if follow:
                         continue
                     return
@@ -333,7 +333,7 @@ class Bus:
                         position, backoff = msg.seq, 0.1
                         yield msg
             except _FOLLOW_ERRORS as exc:
-                _raise_if_cancelling()  # nats-py may turn a cancelled request into a timeout
+                raise_if_cancelling()  # nats-py may turn a cancelled request into a timeout
                 log.warning("follow.resubscribe", subject=subject, position=position, error=repr(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -429,13 +429,6 @@ class PullConsumer:
     def shutdown(self) -> None:
         """Ask ``run()`` to return after the batch in hand; idempotent."""
         self._stop.set()
-
-
-def _raise_if_cancelling() -> None:
-    """nats-py may turn a cancellation inside a request into a timeout: do not loop past a cancel."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -191,7 +191,7 @@ class Dispatcher(Service):
                 await self._decide(command_id, event, delivery.seq, delivery.seq, delivery)
                 return
             except ConflictError:
-                pass
+                pass  # another writer appended after the proposal: the full path below reads the history
         await self._advance(command_id, delivery)
 
     async def _on_approval(self, delivery: Delivery, command_id: str) -> None:

@@ -25,10 +25,10 @@ import multiprocessing
 import os
 import signal
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import structlog
@@ -55,6 +55,8 @@ __all__ = [
 
 CHECKPOINT_SUBJECT = "sym.audit.checkpoint"
 log = structlog.get_logger("symbiote.projections")
+T = TypeVar("T")
+R = TypeVar("R")
 _PR_SET_PDEATHSIG = 1
 _EMBED_INLINE = 64  # up to this many texts are embedded in the calling thread
 
@@ -124,7 +126,7 @@ def _examine(data: bytes) -> tuple[Envelope | None, _Checked]:
     return event, (None, sig_ok, body_problem, json_text(event.body), raw_sha256)
 
 
-def _examine_chunk(chunk: Sequence[bytes]) -> list[_Checked]:
+def _examine_chunk(chunk: list[bytes]) -> list[_Checked]:
     """:func:`_examine` of each message, without the envelopes (cheaper to decode again than to send)."""
     return [_examine(data)[1] for data in chunk]
 
@@ -201,10 +203,8 @@ class WorkerPool:
         """
         if len(msgs) <= self.inline or self.workers == 1:
             return [decode(msg) for msg in msgs]
-        loop = asyncio.get_running_loop()
         size = max(self.chunk, -(-len(msgs) // (self.workers * 2)))
-        parts = [[m.data for m in msgs[i : i + size]] for i in range(0, len(msgs), size)]
-        chunks = await asyncio.gather(*(loop.run_in_executor(self._executor(), _examine_chunk, p) for p in parts))
+        chunks = await self._map(_examine_chunk, [m.data for m in msgs], size)
         found: list[Decoded] = []
         for msg, checked in zip(msgs, (c for part in chunks for c in part), strict=True):
             found.append(_decoded(msg, from_accepted_wire(msg.data) if checked[0] is None else None, checked))
@@ -214,11 +214,14 @@ class WorkerPool:
         """Unit vectors of ``texts`` from the bundled model (:func:`~symbiote.embeddings.load_embedder`)."""
         if len(texts) <= _EMBED_INLINE or self.workers == 1:
             return load_embedder().embed(texts)
-        loop = asyncio.get_running_loop()
         size = max(_EMBED_INLINE, -(-len(texts) // self.workers))
-        parts = [texts[i : i + size] for i in range(0, len(texts), size)]
-        chunks = await asyncio.gather(*(loop.run_in_executor(self._executor(), _embed_chunk, p) for p in parts))
-        return np.concatenate(chunks)
+        return np.concatenate(await self._map(_embed_chunk, texts, size))
+
+    async def _map(self, function: Callable[[list[T]], R], items: Sequence[T], size: int) -> list[R]:
+        """``function`` of each run of ``size`` items, in the worker processes, results in order."""
+        loop = asyncio.get_running_loop()
+        parts = [list(items[i : i + size]) for i in range(0, len(items), size)]
+        return list(await asyncio.gather(*(loop.run_in_executor(self._executor(), function, p) for p in parts)))
 
     def close(self) -> None:
         """Stop the worker processes; idempotent."""
