@@ -150,3 +150,33 @@ async def test_closing_early_removes_the_consumer(bus: Bus) -> None:
 async def _consumer_names(bus: Bus) -> AsyncIterator[Any]:
     for info in await bus.js.consumers_info(bus.stream):
         yield info
+
+
+@pytest.mark.parametrize("how", ["read", "follow"])
+async def test_a_follower_cancelled_while_it_starts_stops(bus: Bus, how: str) -> None:
+    """Cancel followers at every moment of their start-up (the consumer request in flight, its
+    reply just in): each one stops at once instead of following on."""
+    await _publish(bus, 50)
+    loop = asyncio.get_running_loop()
+
+    async def follow() -> None:
+        source = bus.read("sym.t.>", follow=True) if how == "read" else bus.follow("sym.t.>")
+        async with contextlib.aclosing(source) as messages:
+            async for _ in messages:
+                pass
+
+    # how long a start takes here, to spread the cancellations over it
+    began = loop.time()
+    task = asyncio.create_task(follow())
+    while await _consumers(bus) == 0:
+        await asyncio.sleep(0.001)
+    startup = loop.time() - began
+    task.cancel()
+    await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 5)
+    for attempt in range(60):
+        task = asyncio.create_task(follow())
+        await asyncio.sleep(startup * 2 * attempt / 60)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)
+        assert done, f"a follower cancelled {startup * 2 * attempt / 60 * 1000:.1f} ms after its start did not stop"
+        assert task.cancelled()

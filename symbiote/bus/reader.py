@@ -175,7 +175,13 @@ class _Delivery:
 
 
 def raise_if_cancelling() -> None:
-    """nats-py may turn a cancellation inside a request into a timeout: do not loop past a cancel."""
+    """Raise the cancellation of the current task if an await swallowed it.
+
+    nats-py waits for replies with :func:`asyncio.wait_for`, which on Python 3.11 returns the
+    reply (or turns the cancellation into a timeout) when the task is cancelled just as the
+    reply arrives: the task is then still marked as cancelling but goes on, and a follower
+    would wait for new messages forever. Call this after every such request.
+    """
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
@@ -207,6 +213,7 @@ async def read_ordered(
         progress = position
         try:
             pending = await delivery.start(js, stream, subject, position + 1, heartbeat_s)
+            raise_if_cancelling()  # a cancellation as the reply came in may have been swallowed
             if not follow and pending == 0:
                 return
             while True:
@@ -232,6 +239,7 @@ async def read_ordered(
                         return
                 elif isinstance(item, _Answer):
                     await nc.publish(item.reply, b"")
+                    raise_if_cancelling()
                 elif isinstance(item, _Idle):
                     if not follow and not delivery.items:
                         return  # caught up, and the server has nothing more to deliver

@@ -274,60 +274,14 @@ class Bus:
         """
         return read_ordered(self.nc, self.js, self.stream, subject, from_seq=from_seq, follow=follow)
 
-    async def _pull(
-        self,
-        subject: str = "sym.>",
-        *,
-        from_seq: int = 1,
-        follow: bool = False,
-        batch: int = 256,
-        window_s: float = 1.0,
-    ) -> AsyncGenerator[StoredMsg, None]:
-        """Read the stream in order through pull fetches of an ephemeral consumer (what :meth:`follow` uses).
-
-        A fetch that finds fewer than ``batch`` messages pending waits up to ``window_s`` for
-        more: a latency-sensitive follower passes a short window (large batches while catching
-        up, prompt delivery once caught up).
-        """
-        config = api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=max(from_seq, 1),
-            ack_policy=api.AckPolicy.NONE,
-            filter_subject=subject,
-            inactive_threshold=30.0,
-            mem_storage=True,
-        )
-        sub = await self.js.pull_subscribe(subject, durable=None, stream=self.stream, config=config)
-        try:
-            if not follow and (await sub.consumer_info()).num_pending == 0:
-                return
-            while True:
-                try:
-                    msgs = await sub.fetch(batch, timeout=window_s if follow else max(window_s, 0.5))
-                except (TimeoutError, nats.errors.TimeoutError):
-                    raise_if_cancelling()
-                    if follow:
-                        continue
-                    return
-                for msg in msgs:
-                    meta = msg.metadata
-                    yield StoredMsg(meta.sequence.stream, msg.subject, msg.data, int(meta.timestamp.timestamp() * 1000))
-                if not follow and msgs and msgs[-1].metadata.num_pending == 0:
-                    return
-        finally:
-            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
-                await sub.unsubscribe()
-
-    async def follow(
-        self, subject: str = "sym.>", *, from_seq: int = 1, batch: int = 256, window_s: float = 1.0
-    ) -> AsyncGenerator[StoredMsg, None]:
+    async def follow(self, subject: str = "sym.>", *, from_seq: int = 1) -> AsyncGenerator[StoredMsg, None]:
         """:meth:`read` with ``follow``, supervised: after a NATS error (a server restart, a stalled
         subscription) it subscribes again from the message after the last one it yielded."""
         position = from_seq - 1
         backoff = 0.1
         while True:
             try:
-                stream = self._pull(subject, from_seq=position + 1, follow=True, batch=batch, window_s=window_s)
+                stream = self.read(subject, from_seq=position + 1, follow=True)
                 async with contextlib.aclosing(stream) as messages:
                     async for msg in messages:
                         position, backoff = msg.seq, 0.1
@@ -412,9 +366,12 @@ class PullConsumer:
                     try:
                         msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout_s)
                     except (TimeoutError, nats.errors.TimeoutError):
+                        raise_if_cancelling()
                         continue  # no messages within the fetch window
+                    raise_if_cancelling()
                     await self.handler([Delivery(m) for m in msgs])
             except _FOLLOW_ERRORS as exc:
+                raise_if_cancelling()
                 if self._stop.is_set():
                     break
                 self.rebinds += 1
