@@ -208,6 +208,7 @@ class Bus:
                     continue
                 raise BusError("publish refused", subject=subject, error=str(exc), code=exc.err_code) from exc
             except _RETRYABLE as exc:
+                raise_if_cancelling()
                 if attempt == attempts:
                     raise BusError("publish failed after retries", subject=subject, error=repr(exc)) from exc
                 log.warning("publish.retry", subject=subject, attempt=attempt, error=repr(exc), event_id=msg_id)
@@ -298,6 +299,7 @@ class Bus:
             try:
                 return await call()
             except _RETRYABLE as exc:
+                raise_if_cancelling()
                 if attempt == attempts:
                     raise BusError("NATS request failed after retries", error=repr(exc)) from exc
                 await asyncio.sleep(delay)

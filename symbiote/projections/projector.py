@@ -25,6 +25,7 @@ import asyncpg
 import nats.errors
 import structlog
 
+from symbiote.bus.reader import raise_if_cancelling
 from symbiote.bus.stream import Bus, StoredMsg
 from symbiote.errors import BusError, StoreError
 from symbiote.projections.db import DB_ERRORS, apply_migrations, connect, translate
@@ -239,6 +240,7 @@ class Projector:
                 if not self.follow:
                     break
             except _READ_ERRORS as exc:
+                raise_if_cancelling()
                 if not self.follow:
                     raise BusError("cannot read the stream", error=repr(exc), after=position) from exc
                 log.warning("projector.read_retry", error=repr(exc), after=position, backoff_s=backoff)
