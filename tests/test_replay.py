@@ -130,8 +130,22 @@ async def test_replay_equals_live(bus: Bus, pg_dsn: str, tmp_path: Path) -> None
         live = await table_digests(conn)
         states = dict(await conn.fetch("SELECT state, count(*) FROM commands GROUP BY state"))
         signers = await conn.fetch("SELECT signers, problem FROM events WHERE body->>'text' LIKE 'bob%' ORDER BY seq")
+        index_query = (
+            "SELECT indexname, replace(indexdef, schemaname || '.', '') FROM pg_indexes "
+            "WHERE schemaname = $1 ORDER BY indexname"
+        )
+        live_indexes = await conn.fetch(index_query, "public")
+        kept_indexes = await conn.fetch(index_query, "rebuilt")
+        unlogged = await conn.fetchval(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'rebuilt' AND c.relpersistence = 'u'"
+        )
     finally:
         await conn.close()
+    # a kept schema is a full copy: every index (the HNSW graph too), durable tables
+    assert [tuple(r) for r in kept_indexes] == [tuple(r) for r in live_indexes]
+    assert any("hnsw" in r[1] for r in kept_indexes)
+    assert unlogged == 0
     assert live == report.digests
     assert states["succeeded"] == 41 and states["awaiting_approval"] == 1
     assert [r["signers"] for r in signers] == [["user:bob"], []]

@@ -112,7 +112,8 @@ class Projector:
         self.until_seq = until_seq
         self.batch = batch
         self.memory = memory
-        self.workers = workers or WorkerPool()
+        # a replay or an audit sends even its small batches (the reader's pace) to the workers
+        self.workers = workers or WorkerPool(inline=1024 if follow else 64)
         self._own_workers = workers is None
         self.on_commit = on_commit
         self.stats = ProjectorStats()

@@ -2,9 +2,10 @@
 
 The replay runs the same :class:`~symbiote.projections.projector.Projector` as the live
 service, in big transactions, into a new schema. The indexes that enforce nothing (the HNSW
-graph of ``memory`` among them) are built once at the end instead of row by row, and the
-tables of a schema that is not kept are UNLOGGED, since it is dropped after the comparison
-anyway. It then compares a digest per table with the live schema at the same stream position:
+graph of ``memory`` among them) are dropped for the bulk load: a schema that is kept gets
+them built once at the end instead of row by row; a schema that is only compared and then
+dropped never needs them (the digests read whole tables in primary-key order), and its
+tables are UNLOGGED. It then compares a digest per table with the live schema at the same stream position:
 
 ``digest(table) = SHA-256( SHA-256(row₁ as text) ‖ SHA-256(row₂ as text) ‖ … )``
 
@@ -200,9 +201,10 @@ async def replay(
             report.through_seq = await read_checkpoint(conn, name)
             if compare:
                 await _compare(bus, dsn, report, conn, from_seq, target, batch, name, advance, wait_live_s)
-        with translate("build the indexes", schema=schema):
-            for index_sql in indexes:
-                await conn.execute(index_sql)
+        if keep:
+            with translate("build the indexes", schema=schema):
+                for index_sql in indexes:
+                    await conn.execute(index_sql)
         report.seconds = time.perf_counter() - started
         report.digests = await table_digests(conn, min_seq=from_seq)
     except BaseException:
