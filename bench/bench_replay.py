@@ -2,8 +2,11 @@
 
 ``replay_per_s``: a realistic signed log (inputs, proposals, approvals, executions, outcomes,
 denials) is rebuilt into a fresh schema by :func:`symbiote.projections.replay` — decoding,
-verifying every signature at its position, folding every table, embedding the memory and
-building its HNSW index — events per second of wall time. Target: >= 10,000.
+verifying every signature at its position, folding every table, embedding the memory —
+events per second of wall time, as ``symbiote replay`` does it to compare (the schema is
+dropped afterwards, so it gets no secondary index). Target: >= 10,000.
+``replay_into_per_s``: the same into a schema that is kept (``--into``): durable tables, and
+every index built at the end (the HNSW graph of the memory too).
 
 ``projection_lag_p99_ms``: the live projector follows the stream while events are published
 at ``rate`` per second (nats-server with ``sync_interval: always``); the lag of an event is
@@ -149,11 +152,13 @@ async def bench_replay(events: int = 30_000, rate: int = 1000, seconds: float = 
             load = chains(setup.home, int(rate * seconds), start=len(log))
             await publish_fast(setup.bus, log)
             report = await replay(setup.bus, pg.dsn, compare=False)
+            kept = await replay(setup.bus, pg.dsn, into="bench_kept", compare=False)
             results: dict[str, Any] = {
                 "replay_per_s": round(report.per_s),
                 "replay_events": report.events,
                 "replay_seconds": round(report.seconds, 2),
                 "replay_cpus": os.cpu_count(),
+                "replay_into_per_s": round(kept.per_s),
             }
             results.update(await measure_lag(setup.bus, pg.dsn, load, rate))
             return results
