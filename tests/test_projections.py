@@ -300,6 +300,27 @@ async def test_projector_resumes_from_its_checkpoint(actors: Actors, pg_dsn: str
     assert any(p["problem"].startswith("unknown_key") for p in problems)
 
 
+async def test_batches_that_pile_up_are_written_together(actors: Actors, pg_dsn: str) -> None:
+    """Tiny batches fold faster than they commit: the writer takes all that waited in one
+    transaction, and the tables are still exactly a replay's."""
+    a = actors
+    items = burst(a, 300, SigningKey.generate("user:eve"))
+    last = await publish_all(a.bus, items)
+    commits: list[tuple[int, int, int]] = []
+    projector = Projector(
+        a.bus, pg_dsn, follow=False, batch=3, on_commit=lambda first, end, count: commits.append((first, end, count))
+    )
+    stats = await projector.run()
+    assert stats.last_seq == last and stats.events == last
+    assert any(count > 3 for _, _, count in commits), "no batches were written together"
+    assert [c[0] for c in commits[1:]] == [c[1] + 1 for c in commits[:-1]], "contiguous, in order"
+    assert sum(c[2] for c in commits) == last
+    report = await replay(a.bus, pg_dsn)
+    assert report.ok, (report.mismatches, report.note)
+    memory = await fetch(pg_dsn, "SELECT count(*) AS n, count(embedding) AS e FROM memory")
+    assert memory[0]["n"] == memory[0]["e"] > 0
+
+
 # -- crash safety --------------------------------------------------------------------------------
 PROJECTOR_SCRIPT = """
 import asyncio, sys

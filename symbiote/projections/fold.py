@@ -185,6 +185,20 @@ class Rows:
     def empty(self) -> bool:
         return not (self.events or self.commands or self.approvals or self.keys or self.registry or self.memory)
 
+    def absorb(self, later: Rows) -> None:
+        """Add the rows of the batch folded right after this one (a later row of the same key wins)."""
+        if later.count:
+            if not self.count:
+                self.first_seq = later.first_seq
+            self.last_seq = later.last_seq
+            self.count += later.count
+        self.events += later.events
+        self.commands.update(later.commands)
+        self.approvals += later.approvals
+        self.keys.update(later.keys)
+        self.registry.update(later.registry)
+        self.memory += later.memory
+
 
 @dataclass
 class _Track:

@@ -91,6 +91,7 @@ class Projections:
                 stop = asyncio.create_task(self._stop.wait())
                 await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
                 stop.cancel()
+                await asyncio.gather(stop, return_exceptions=True)
                 if self._stop.is_set():
                     self.projector.shutdown()
                 try:
