@@ -213,9 +213,14 @@ def _problem(verdict: Verdict) -> str | None:
 
 
 class Folder:
-    """Folds decoded messages into :class:`Rows`, keeping the registry and command histories."""
+    """Folds decoded messages into :class:`Rows`, keeping the registry and command histories.
 
-    def __init__(self, bus: Bus | None = None, *, cache_size: int = 200_000, memory: bool = True) -> None:
+    The histories of the ``cache_size`` most recently active commands are kept in memory; an
+    older command that goes on is read back from the stream (:meth:`prepare`). The bound keeps
+    a long-running projector's memory, and the garbage collector's full passes over it, small.
+    """
+
+    def __init__(self, bus: Bus | None = None, *, cache_size: int = 10_000, memory: bool = True) -> None:
         self.bus = bus
         self.keyring = CachedKeyring()
         self.state = RegistryState(keyring=self.keyring)

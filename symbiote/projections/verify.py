@@ -259,7 +259,7 @@ class CachedKeyring(Keyring):
     """
 
     crypto: OrderedDict[tuple[str, bytes, bytes], bool] = field(default_factory=OrderedDict, repr=False, compare=False)
-    crypto_limit: int = field(default=200_000, repr=False, compare=False)
+    crypto_limit: int = field(default=50_000, repr=False, compare=False)
     verdicts: OrderedDict[tuple[int, str], Verdict] = field(default_factory=OrderedDict, repr=False, compare=False)
 
     def keep(self, event: Envelope, seq: int, verdict: Verdict) -> None:
