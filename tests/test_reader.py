@@ -180,3 +180,21 @@ async def test_a_follower_cancelled_while_it_starts_stops(bus: Bus, how: str) ->
         done, _ = await asyncio.wait({task}, timeout=5)
         assert done, f"a follower cancelled {startup * 2 * attempt / 60 * 1000:.1f} ms after its start did not stop"
         assert task.cancelled()
+
+
+async def test_a_task_cancelled_as_a_reply_comes_in_stops(bus: Bus) -> None:
+    """Requests and publishes re-raise a cancellation that arrived with their reply."""
+    await _publish(bus, 5)
+
+    async def requests() -> None:
+        while True:
+            await bus.next_after("sym.t.>", 1)
+            await bus.publish_raw("sym.t.a", b"more")
+
+    for attempt in range(120):
+        task = asyncio.create_task(requests())
+        await asyncio.sleep(attempt * 0.00005)  # spread over a few round trips
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)
+        assert done, f"a task cancelled after {attempt * 0.05:.2f} ms went on"
+        assert task.cancelled()

@@ -196,7 +196,9 @@ class Bus:
         delay = 0.05
         for attempt in range(1, attempts + 1):
             try:
-                return await self.js.publish(subject, data, headers=headers or None, timeout=5)
+                ack = await self.js.publish(subject, data, headers=headers or None, timeout=5)
+                raise_if_cancelling()  # the ack may have come in as the task was cancelled
+                return ack
             except nats.js.errors.APIError as exc:
                 if exc.err_code == _WRONG_LAST_SEQUENCE:
                     raise ConflictError(
@@ -297,7 +299,9 @@ class Bus:
         delay = 0.05
         for attempt in range(1, attempts + 1):
             try:
-                return await call()
+                result = await call()
+                raise_if_cancelling()  # the reply may have come in as the task was cancelled
+                return result
             except _RETRYABLE as exc:
                 raise_if_cancelling()
                 if attempt == attempts:

@@ -215,9 +215,10 @@ def _problem(verdict: Verdict) -> str | None:
 class Folder:
     """Folds decoded messages into :class:`Rows`, keeping the registry and command histories.
 
-    The histories of the ``cache_size`` most recently active commands are kept in memory; an
-    older command that goes on is read back from the stream (:meth:`prepare`). The bound keeps
-    a long-running projector's memory, and the garbage collector's full passes over it, small.
+    The event histories of the ``cache_size`` most recently active commands are kept in memory;
+    of older commands only the id is kept, and one that goes on is read back from the stream
+    (:meth:`prepare`). The bound keeps a long-running projector's memory, and the garbage
+    collector's full passes over it, small.
     """
 
     def __init__(self, bus: Bus | None = None, *, cache_size: int = 10_000, memory: bool = True) -> None:

@@ -19,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import nats.errors
@@ -47,6 +47,7 @@ from symbiote.projections.verify import Decoded, WorkerPool
 __all__ = ["CommitHook", "Projector", "ProjectorStats", "read_checkpoint"]
 
 log = structlog.get_logger("symbiote.projections")
+T = TypeVar("T")
 CommitHook = Callable[[int, int, int], None]
 """Called after each commit with (first_seq, last_seq, count) of the batch written."""
 _END = StoredMsg(0, "", b"")
@@ -125,6 +126,7 @@ class Projector:
         self._stop = asyncio.Event()
         self._advanced = asyncio.Condition()
         self._task: asyncio.Task[ProjectorStats] | None = None
+        self._helpers: set[asyncio.Task[Any]] = set()  # decoding and embedding under way
         self._lookup: asyncpg.Connection | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -163,6 +165,10 @@ class Projector:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)  # failures were raised above
+            helpers, self._helpers = list(self._helpers), set()
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)  # whatever they raised is moot now
             with contextlib.suppress(*DB_ERRORS):
                 await conn.close()
             lookup, self._lookup = self._lookup, None
@@ -267,7 +273,7 @@ class Projector:
                 if msgs and msgs[-1] is _END:
                     msgs.pop()
                     ended = True
-            current = asyncio.create_task(self.workers.decode(msgs)) if msgs else None
+            current = self._helper(self.workers.decode(msgs)) if msgs else None
             if ahead is not None:
                 await self._fold_batch(folder, writes, ahead)
             elif first and ended and current is None:
@@ -275,6 +281,13 @@ class Projector:
             first = False
             ahead = current
         await writes.put(None)
+
+    def _helper(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """A task for ``work`` that :meth:`run` cancels and awaits if it is still going at the end."""
+        task = asyncio.create_task(work)
+        self._helpers.add(task)
+        task.add_done_callback(self._helpers.discard)
+        return task
 
     async def _fold_batch(
         self, folder: Folder, writes: asyncio.Queue[_Batch | None], decoding: asyncio.Task[list[Decoded]] | None
@@ -289,7 +302,7 @@ class Projector:
         mark = stats.add("fold", mark)
         if not rows.empty or rows.count:
             # the texts are embedded (in the worker processes) while earlier batches are written
-            embedding = asyncio.create_task(self.workers.embed([m.text for m in rows.memory])) if rows.memory else None
+            embedding = self._helper(self.workers.embed([m.text for m in rows.memory])) if rows.memory else None
             await writes.put((rows, embedding))
             stats.add("wait_writer", mark)
 

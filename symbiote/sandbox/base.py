@@ -180,14 +180,16 @@ class Sandbox(ABC):
             returncode = waiter.result()
             await asyncio.wait(readers, timeout=_KILL_GRACE_S)
         finally:
-            if proc.returncode is None:  # cancelled, or the kill above did not take
-                _kill_group(proc.pid)
-                # reap it, so its pipes and transport close now, not when collected after the loop
-                await asyncio.wait({waiter}, timeout=_KILL_GRACE_S)
-            leftovers = [t for t in (*readers, waiter, *([feeder] if feeder else [])) if not t.done()]
-            for task in leftovers:
-                task.cancel()
-            await asyncio.gather(*leftovers, return_exceptions=True)
+            try:
+                if proc.returncode is None:  # cancelled, or the kill above did not take
+                    _kill_group(proc.pid)
+                    # reap it, so its pipes and transport close now, not when collected after the loop
+                    await asyncio.wait({waiter}, timeout=_KILL_GRACE_S)
+            finally:  # even if cancelled again while reaping
+                leftovers = [t for t in (*readers, waiter, *([feeder] if feeder else [])) if not t.done()]
+                for task in leftovers:
+                    task.cancel()
+                await asyncio.gather(*leftovers, return_exceptions=True)
         duration_ms = int((time.monotonic() - start) * 1000)
         outputs = [r.result() if r.done() and not r.cancelled() else (b"", False) for r in readers]
         (stdout, out_cut), (stderr, err_cut) = outputs
