@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from typing import Self
+from collections.abc import Iterable
+from typing import Any, Self
 
-__all__ = ["Service", "tune_gc"]
+__all__ = ["Service", "cancel_and_wait", "tune_gc"]
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until each has ended; what they raise is dropped (the caller
+    has already taken the failure it cares about, or is tearing down)."""
+    pending = [task for task in tasks if not task.done()]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 class Service:

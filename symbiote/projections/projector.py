@@ -31,6 +31,7 @@ import structlog
 from symbiote.bus.reader import raise_if_cancelling
 from symbiote.bus.stream import Bus, StoredMsg
 from symbiote.errors import BusError, StoreError
+from symbiote.lifecycle import cancel_and_wait
 from symbiote.projections.db import DB_ERRORS, apply_migrations, connect, translate
 from symbiote.projections.fold import (
     APPROVAL_COLUMNS,
@@ -162,13 +163,9 @@ class Projector:
                 if stop in done or writer in done:
                     break
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)  # failures were raised above
+            await cancel_and_wait(tasks)  # failures were raised above
             helpers, self._helpers = list(self._helpers), set()
-            for task in helpers:
-                task.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)  # whatever they raised is moot now
+            await cancel_and_wait(helpers)  # the decoding and embedding the stages left going
             with contextlib.suppress(*DB_ERRORS):
                 await conn.close()
             lookup, self._lookup = self._lookup, None

@@ -16,6 +16,7 @@ import structlog
 
 from symbiote.bus.stream import Bus
 from symbiote.errors import BusError, StoreError
+from symbiote.lifecycle import cancel_and_wait
 from symbiote.projections.checkpoints import Checkpointer
 from symbiote.projections.db import DB_ERRORS, apply_migrations, connect
 from symbiote.projections.memory import MemoryStore
@@ -90,8 +91,7 @@ class Projections:
                 task = asyncio.create_task(self.projector.run(), name="projector")
                 stop = asyncio.create_task(self._stop.wait())
                 await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
-                stop.cancel()
-                await asyncio.gather(stop, return_exceptions=True)
+                await cancel_and_wait([stop])
                 if self._stop.is_set():
                     self.projector.shutdown()
                 try:

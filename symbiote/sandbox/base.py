@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from symbiote.errors import SandboxError, SandboxUnavailable
+from symbiote.lifecycle import cancel_and_wait
 from symbiote.sandbox.profile import SandboxProfile
 
 __all__ = ["Sandbox", "SandboxResult", "Workspaces"]
@@ -186,10 +187,7 @@ class Sandbox(ABC):
                     # reap it, so its pipes and transport close now, not when collected after the loop
                     await asyncio.wait({waiter}, timeout=_KILL_GRACE_S)
             finally:  # even if cancelled again while reaping
-                leftovers = [t for t in (*readers, waiter, *([feeder] if feeder else [])) if not t.done()]
-                for task in leftovers:
-                    task.cancel()
-                await asyncio.gather(*leftovers, return_exceptions=True)
+                await cancel_and_wait([*readers, waiter, *([feeder] if feeder else [])])
         duration_ms = int((time.monotonic() - start) * 1000)
         outputs = [r.result() if r.done() and not r.cancelled() else (b"", False) for r in readers]
         (stdout, out_cut), (stderr, err_cut) = outputs
