@@ -23,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Setup, fresh, merge_results, percentile
 from symbiote.bootstrap import define_command
-from symbiote.bus.envelope import make_event, peek_id
+from symbiote.bus.envelope import Envelope, make_event, peek_id
 from symbiote.bus.ids import now_ms
 from symbiote.dispatcher import Dispatcher, Executors
+from symbiote.home import DataDir
 from symbiote.registry.definition import CommandDefinition
 from symbiote.sandbox import BubblewrapSandbox, SandboxProfile
 from symbiote.signers.keys import sign_event
@@ -88,24 +89,20 @@ async def dispatchers(setup: Setup, processes: int) -> AsyncIterator[None]:
             await proc.wait()
 
 
+def noop_proposals(home: DataDir, count: int) -> list[Envelope]:
+    """``count`` proposals of the no-op command, signed by the agent, valid for an hour."""
+    agent = home.load_key("agent")
+    expires = now_ms() + 3_600_000
+    body = {"command": "noop", "args": {}, "confidence": 1.0, "expires_at": expires}
+    return [sign_event(make_event("command.proposed", agent.principal, dict(body)), agent) for _ in range(count)]
+
+
 async def dispatch(n: int, *, sync_always: bool, processes: int = 0) -> float:
     """Dispatchers on n pre-published agent-signed proposals of an in-process no-op; commands/s."""
     async with fresh(sync_always=sync_always) as setup:
         bus, home = setup.bus, setup.home
         await define_command(bus, home.load_key("owner"), NOOP)
-        agent = home.load_key("agent")
-        expires = now_ms() + 3_600_000
-        events = [
-            sign_event(
-                make_event(
-                    "command.proposed",
-                    agent.principal,
-                    {"command": "noop", "args": {}, "confidence": 1.0, "expires_at": expires},
-                ),
-                agent,
-            )
-            for _ in range(n)
-        ]
+        events = noop_proposals(home, n)
         for i in range(0, n, 500):
             await asyncio.gather(*(bus.publish(e) for e in events[i : i + 500]))
         base = await bus.last_seq()
@@ -121,7 +118,6 @@ async def latency(rate: int, seconds: float, *, processes: int = 0) -> list[floa
     async with fresh(sync_always=True) as setup:
         bus, home = setup.bus, setup.home
         await define_command(bus, home.load_key("owner"), NOOP)
-        agent = home.load_key("agent")
         sent: dict[str, float] = {}
         got: list[float] = []
 
@@ -132,18 +128,8 @@ async def latency(rate: int, seconds: float, *, processes: int = 0) -> list[floa
 
         sub = await bus.nc.subscribe("sym.cmd.*.succeeded", cb=on_done)
         total = int(rate * seconds)
-        expires = now_ms() + 3_600_000
-        proposals = [  # signed beforehand: the agent's work is not part of proposed → succeeded
-            sign_event(
-                make_event(
-                    "command.proposed",
-                    agent.principal,
-                    {"command": "noop", "args": {}, "confidence": 1.0, "expires_at": expires},
-                ),
-                agent,
-            ).to_wire()
-            for _ in range(total)
-        ]
+        # signed beforehand: the agent's work is not part of proposed → succeeded
+        proposals = [event.to_wire() for event in noop_proposals(home, total)]
         async with dispatchers(setup, processes):
             await asyncio.sleep(0.5)
             start = time.perf_counter()
