@@ -30,7 +30,7 @@ from symbiote.dispatcher.executors import Builtin, Executors
 from symbiote.dispatcher.service import Dispatcher
 from symbiote.home import DataDir
 from symbiote.lifecycle import tune_gc
-from symbiote.projections import MEMORY_SEARCH_DEFINITION, Projections, memory_search_builtin
+from symbiote.projections import MEMORY_SEARCH_DEFINITION, Checkpointer, Projections, memory_search_builtin
 from symbiote.projections.pgserver import PostgresServer, PostgresServerConfig
 from symbiote.registry.definition import load_definition
 from symbiote.registry.follower import RegistryFollower
@@ -118,6 +118,10 @@ class Runtime:
             builtins["memory.search"] = memory_search_builtin(projections.memory)
             recall = projections.memory.recall
             await self._define_memory_search()
+        else:  # no projections: the signed checkpoints still go to NATS and to files
+            checkpointer = Checkpointer(self.bus, self.home.load_key("runtime"), self.home.checkpoints_dir)
+            await stack.enter_async_context(checkpointer)
+            self.extras["checkpointer"] = checkpointer
         executors = Executors(self.home.workspaces_dir, builtins=builtins)
         self.dispatcher = Dispatcher(self.bus, self.home.load_key("runtime"), executors)
         await stack.enter_async_context(self.dispatcher)

@@ -144,6 +144,28 @@ async def test_expiry_ends_the_request_and_late_approvals_are_refused(world: Wor
     assert "command.started" not in [e.type for e in events]
 
 
+async def test_an_approval_signed_after_the_expiry_never_counts(world: World, dispatcher: Dispatcher) -> None:
+    """The phone's clock says it signed after the request expired, while the dispatcher's clock
+    says the request is still open: the approval is refused and does not count later either."""
+    await set_policy(world.bus, world.owner, "shell.run", ApprovalPolicy(mode="user", expires_in=60))
+    proposal = await requested(world, ["echo", "skewed"])
+    request = next(e for e in await world.command_events(proposal.id) if e.type == "command.approval_requested")
+    body = {"command_id": proposal.id, "digest": proposal.digest()}
+    late = make_event(
+        "command.approved", world.user.principal, body, corr=proposal.corr, cause=proposal.id,
+        at=request.body["expires_at"] + 1,
+    )  # fmt: skip
+    await world.bus.publish(sign_event(late, world.user))
+    events = await world.wait_for(proposal.id, lambda evs: "expired" in notes(evs))
+    life = await load_life(world.bus, RegistryFollower(world.bus), proposal.id)
+    assert life.pending_approval and not life.approvals
+    assert "command.started" not in [e.type for e in events]
+    # a timely approval still works
+    await world.bus.publish(sign_answer(proposal, world.user, approve=True))
+    outcome = await world.wait_terminal(proposal.id)
+    assert outcome.type == "command.succeeded"
+
+
 async def test_approval_while_the_dispatcher_is_down(world: World, tmp_path: Path) -> None:
     async with Dispatcher(world.bus, world.runtime, Executors(tmp_path / "ws")):
         proposal = await requested(world, ["echo", "offline"])

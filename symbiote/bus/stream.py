@@ -220,12 +220,17 @@ class Bus:
 
     async def last_seq(self) -> int:
         """The stream's last sequence number (0 when empty)."""
-        info = await self._retry(lambda: self.js.stream_info(self.stream))
-        return int(info.state.last_seq or 0)
+        return int((await self.stream_state()).last_seq or 0)
 
     async def stream_state(self) -> api.StreamState:
         """The stream's state (first/last sequence, message count, deleted)."""
-        info = await self._retry(lambda: self.js.stream_info(self.stream))
+        try:
+            info = await self._retry(lambda: self.js.stream_info(self.stream))
+        except nats.js.errors.NotFoundError as exc:
+            raise BusError(
+                "there is no log here yet (its stream does not exist): run `symbiote init` or `symbiote up` first",
+                stream=self.stream,
+            ) from exc
         return info.state
 
     async def get(self, seq: int) -> StoredMsg | None:

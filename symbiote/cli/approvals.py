@@ -12,10 +12,11 @@ from rich.table import Column, Table
 from symbiote.bus.envelope import Envelope, make_event
 from symbiote.bus.ids import now_ms
 from symbiote.bus.stream import Bus
-from symbiote.cli.chain import follow_chain, to_jsonable
-from symbiote.cli.common import DataDirOpt, JsonOpt, NatsOpt, _bus, _emit, _home, _run, console
+from symbiote.cli.chain import follow_chain
+from symbiote.cli.common import DataDirOpt, JsonOpt, NatsOpt, _bus, _emit, _home, _run, cell, console, plain
 from symbiote.errors import SymbioteError
 from symbiote.home import DataDir
+from symbiote.projections.jsontext import jsonable
 from symbiote.registry.commands import load_life, pending_approvals
 from symbiote.registry.follower import RegistryFollower
 from symbiote.registry.policy import CommandLife
@@ -34,7 +35,7 @@ def describe_pending(life: CommandLife) -> dict[str, Any]:
     return {
         "command_id": life.command_id,
         "command": life.proposal.body.get("command"),
-        "args": to_jsonable(life.proposal.body.get("args")),
+        "args": jsonable(life.proposal.body.get("args")),
         "confidence": life.proposal.body.get("confidence"),
         "proposed_by": life.proposal.actor,
         "risk": definition.risk if definition else "unknown",
@@ -87,12 +88,17 @@ def approvals(data_dir: DataDirOpt = None, nats_url: NatsOpt = None, as_json: Js
         for item in found:
             box = item["sandbox"]
             table.add_row(
-                item["command_id"],
-                item["command"],
-                json.dumps(item["args"]),
-                item["risk"],
-                f"network {box['network']}, {box['memory_mb']} MB, {box['timeout_s']} s",
-                f"{', '.join(item['signed_by']) or '—'} / {item['needs']}",
+                *map(
+                    cell,
+                    (
+                        item["command_id"],
+                        item["command"],
+                        json.dumps(item["args"], ensure_ascii=False),
+                        item["risk"],
+                        f"network {box['network']}, {box['memory_mb']} MB, {box['timeout_s']} s",
+                        f"{', '.join(item['signed_by']) or '—'} / {item['needs']}",
+                    ),
+                )
             )
         console.print(table)
 
@@ -130,7 +136,7 @@ def _answer_command(
     async def go() -> None:
         async with _bus(home, nats_url) as bus:
             event = await _answer(bus, home, command_id, key_file, approve=approve)
-            console.print(f"{event.type} by {event.actor} ({event.id})")
+            console.print(plain(f"{event.type} by {event.actor} ({event.id})"))
             if wait:
                 life = await load_life(bus, RegistryFollower(bus), command_id)
                 corr = life.proposal.corr if life.proposal else None

@@ -11,20 +11,10 @@ from typing import Any
 from symbiote.bus.envelope import Envelope, from_wire
 from symbiote.bus.stream import Bus, StoredMsg
 from symbiote.errors import DecodeError
+from symbiote.projections.jsontext import jsonable
 from symbiote.registry.state import REGISTRY_TYPES, RegistryState
 
-__all__ = ["EventRow", "follow_chain", "rows", "to_jsonable"]
-
-
-def to_jsonable(value: Any) -> Any:
-    """Bytes become hex strings so that event bodies print as JSON."""
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, dict):
-        return {k: to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [to_jsonable(v) for v in value]
-    return value
+__all__ = ["EventRow", "follow_chain", "rows"]
 
 
 @dataclass
@@ -50,7 +40,7 @@ class EventRow:
             "cause": event.cause if event else None,
             "verified": self.verified,
             "problem": self.problem,
-            "body": to_jsonable(event.body) if event else None,
+            "body": jsonable(event.body) if event else None,
         }
 
 

@@ -11,6 +11,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 from symbiote.bus.server import NatsServer, NatsServerConfig
 from symbiote.bus.stream import Bus
@@ -18,6 +20,7 @@ from symbiote.cli.chain import EventRow
 from symbiote.errors import SymbioteError
 from symbiote.home import DataDir, default_data_dir
 from symbiote.logs import configure_logging
+from symbiote.projections.jsontext import json_text
 
 __all__ = [
     "DataDirOpt",
@@ -28,13 +31,27 @@ __all__ = [
     "_home",
     "_print_row",
     "_run",
+    "cell",
     "console",
     "err",
+    "plain",
 ]
 
 console = Console()
 err = Console(stderr=True)
 T = TypeVar("T")
+
+
+def plain(value: object) -> str:
+    """``value`` as text that rich prints as it is: data from the log or from a phone may hold
+    ``[tags]`` that would otherwise restyle or hide what is shown (or fail to parse)."""
+    return escape(str(value))
+
+
+def cell(value: object) -> Text:
+    """A table cell showing ``value`` as it is (see :func:`plain`)."""
+    return Text(str(value))
+
 
 DataDirOpt = Annotated[
     Path | None,
@@ -53,7 +70,7 @@ def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     try:
         return asyncio.run(coro_fn())  # type: ignore[arg-type]
     except SymbioteError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {plain(exc)}")
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
@@ -91,38 +108,50 @@ def _emit(row: EventRow, as_json: bool) -> None:
 
 def _print_row(row: EventRow, *, compact: bool = False) -> None:
     event = row.event
-    signed = ", ".join(row.verified) if row.verified else f"[red]✗ {row.problem}[/red]"
+    signed = plain(", ".join(row.verified)) if row.verified else f"[red]✗ {plain(row.problem)}[/red]"
     if event is None:
-        console.print(f"{row.seq:>6}  {row.subject}  [red]{row.problem}[/red]")
+        console.print(f"{row.seq:>6}  {plain(row.subject)}  [red]{plain(row.problem)}[/red]")
         return
     summary = _summary(event.type, event.body)
     if compact:
-        console.print(f"  {event.type:<28} {summary}")
+        console.print(f"  {plain(f'{event.type:<28}')} {summary}")
     else:
-        console.print(f"{row.seq:>6}  {event.type:<27} {event.actor:<16} [dim]✓ {signed}[/dim]  {summary}")
+        kind, actor = plain(f"{event.type:<27}"), plain(f"{event.actor:<16}")
+        console.print(f"{row.seq:>6}  {kind} {actor} [dim]✓ {signed}[/dim]  {summary}")
 
 
 def _summary(kind: str, body: dict[str, Any]) -> str:
+    """One line about an event's body, as rich markup (the body's own text escaped)."""
+    if kind == "command.denied":
+        return f"[red]{plain(body.get('reason'))}[/red]: {plain(body.get('detail'))}"
+    return plain(_summary_text(kind, body))
+
+
+def _map(body: dict[str, Any], key: str) -> dict[str, Any]:
+    """``body[key]`` when it is a map, else an empty one (bodies shown need not be well formed)."""
+    value = body.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _summary_text(kind: str, body: dict[str, Any]) -> str:
     if kind.startswith("input."):
         return repr(body.get("text", ""))
     if kind == "command.proposed":
-        return f"{body.get('command')} {json.dumps(body.get('args'))} confidence={body.get('confidence')}"
-    if kind == "command.denied":
-        return f"[red]{body.get('reason')}[/red]: {body.get('detail')}"
+        return f"{body.get('command')} {json_text(body.get('args'))} confidence={body.get('confidence')}"
     if kind == "command.clarify":
         return str(body.get("question"))
     if kind == "command.suggested":
-        return f"no command fits; suggest defining {body.get('suggestion', {}).get('name')!r}"
+        return f"no command fits; suggest defining {_map(body, 'suggestion').get('name')!r}"
     if kind == "command.approval_requested":
         return f"needs {body.get('needs')} of {body.get('principals')}  →  symbiote approve {body.get('command_id')}"
     if kind in ("command.succeeded", "command.failed"):
-        output = body.get("output", {})
+        output = _map(body, "output")
         text = output.get("stdout") or output.get("text") or output.get("error") or ""
         return f"exit {body.get('exit_code')}: {str(text).strip()[:200]!r}"
     if kind == "command.started":
-        return f"in {body.get('sandbox', {}).get('backend')}"
+        return f"in {_map(body, 'sandbox').get('backend')}"
     if kind in ("key.registered", "key.revoked"):
         return f"{body.get('principal')} {body.get('kid')}"
     if kind == "command.defined":
-        return str(body.get("definition", {}).get("name"))
+        return str(_map(body, "definition").get("name"))
     return ""

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from symbiote.cli.common import DataDirOpt, JsonOpt, NatsOpt, _bus, _home, _run, console, err
+from symbiote.cli.common import DataDirOpt, JsonOpt, NatsOpt, _bus, _home, _run, cell, console, err, plain
 from symbiote.errors import ConfigError
 from symbiote.home import DataDir
 from symbiote.projections.audit import AuditReport, audit, why, write_html
@@ -77,7 +77,7 @@ def replay_command(
             f"in {report.seconds:.1f}s ({report.per_s:,.0f} events/s)"
         )
         if report.note:
-            console.print(f"[yellow]{report.note}[/yellow]")
+            console.print(f"[yellow]{plain(report.note)}[/yellow]")
         if report.ok:
             console.print("[green]the replay equals the live projections[/green]")
         elif report.mismatches:
@@ -100,14 +100,18 @@ def audit_command(
             return await audit(bus, checkpoint_dir=home.checkpoints_dir)
 
     report = _run(go)
-    if html is not None:
-        write_html(report, html)
     if as_json:
         print(json.dumps(report.as_map()), flush=True)
     else:
         _print_audit(report)
-        if html is not None:
-            console.print(f"report written to {html}")
+    if html is not None:  # after the verdict, which stands whether or not the page can be written
+        try:
+            write_html(report, html)
+        except OSError as exc:
+            err.print(f"[red]error:[/red] cannot write the report to {plain(html)}: {plain(exc.strerror or exc)}")
+            raise typer.Exit(1) from exc
+        if not as_json:
+            console.print(f"report written to {plain(html)}")
     if not report.ok:
         raise typer.Exit(1)
 
@@ -126,14 +130,14 @@ def _print_audit(report: AuditReport) -> None:
             table.add_row(
                 str(finding.seq) if finding.seq is not None else "—",
                 f"[{colour}]{finding.severity}[/{colour}]",
-                finding.kind,
-                finding.message,
+                cell(finding.kind),
+                cell(finding.message),
             )
         console.print(table)
         for kind, count in report.omitted.items():
             console.print(f"… and {count} more {kind} finding(s)")
     colour = "green" if report.ok else "red"
-    console.print(f"[{colour}]{report.summary()}[/{colour}]")
+    console.print(f"[{colour}]{plain(report.summary())}[/{colour}]")
 
 
 def why_command(
@@ -150,19 +154,23 @@ def why_command(
             story = await why(bus, command_id)
         if as_json:
             print(json.dumps(story.as_map(), ensure_ascii=False), flush=True)
+            if not story.found:
+                raise typer.Exit(1)
             return
         if not story.found:
-            console.print(f"[red]no command {command_id} in the log[/red]")
+            console.print(f"[red]no command {plain(command_id)} in the log[/red]")
             raise typer.Exit(1)
-        console.print(f"[bold]{story.command or '?'}[/bold]  {command_id}  → [bold]{story.state}[/bold]")
+        command, state = plain(story.command or "?"), plain(story.state)
+        console.print(f"[bold]{command}[/bold]  {plain(command_id)}  → [bold]{state}[/bold]")
         for step in story.steps:
             mark = "[green]✓[/green]" if step.ok else "[red]✗[/red]"
             where = f"#{step.seq}" if step.seq is not None else ""
-            console.print(f"  {mark} {where:>7}  {_when(step.at)}  [dim]{step.kind:<16}[/dim] {step.text}")
+            kind = plain(f"{step.kind:<16}")
+            console.print(f"  {mark} {where:>7}  {_when(step.at)}  [dim]{kind}[/dim] {plain(step.text)}")
         if story.problems:
             console.print("[red]not allowed by the policy in force:[/red]")
             for problem in story.problems:
-                console.print(f"  [red]✗[/red] {problem}")
+                console.print(f"  [red]✗[/red] {plain(problem)}")
         else:
             console.print("[green]allowed by the policy in force[/green]")
 

@@ -17,7 +17,20 @@ from symbiote.bootstrap import define_command, initialize, register_key, revoke_
 from symbiote.bus.envelope import make_event
 from symbiote.bus.stream import Bus
 from symbiote.cli.chain import EventRow, follow_chain, rows
-from symbiote.cli.common import DataDirOpt, JsonOpt, NatsOpt, _bus, _emit, _home, _print_row, _run, console, err
+from symbiote.cli.common import (
+    DataDirOpt,
+    JsonOpt,
+    NatsOpt,
+    _bus,
+    _emit,
+    _home,
+    _print_row,
+    _run,
+    cell,
+    console,
+    err,
+    plain,
+)
 from symbiote.errors import SymbioteError
 from symbiote.home import DataDir
 from symbiote.lifecycle import tune_gc
@@ -50,16 +63,16 @@ def init(
         async with _bus(home, nats_url, start_if_down=True) as bus:
             report = await initialize(bus, home, name=name)
         if not (report.created_keys or report.registered or report.defined):
-            console.print(f"Already initialized in {home.root}; nothing changed.")
+            console.print(plain(f"Already initialized in {home.root}; nothing changed."))
             return
-        console.print(f"Initialized {home.root}")
+        console.print(plain(f"Initialized {home.root}"))
         for label, items in (
             ("keys created", report.created_keys),
             ("registered", report.registered),
             ("commands defined", report.defined),
         ):
             if items:
-                console.print(f"  {label}: {', '.join(items)}")
+                console.print(plain(f"  {label}: {', '.join(items)}"))
 
     _run(go)
 
@@ -109,7 +122,7 @@ def up(
         stop = asyncio.Event()
         install_signal_handlers(stop)
         async with Runtime(home, options) as runtime:
-            console.print(f"[green]symbiote is up[/green]  data: {home.root}")
+            console.print(f"[green]symbiote is up[/green]  data: {plain(home.root)}")
             console.print(f"  nats: {runtime.nats_url}   postgres: {runtime.postgres_dsn}   api: {runtime.api_url}")
             if demo:
                 assert runtime.bus is not None
@@ -134,7 +147,7 @@ def up(
     try:
         asyncio.run(go())
     except SymbioteError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {plain(exc)}")
         raise typer.Exit(1) from exc
 
 
@@ -149,7 +162,7 @@ DEMO = [
 async def _demo(bus: Bus, home: DataDir) -> None:
     console.rule("demo")
     for label, text in DEMO:
-        console.print(f"\n[bold]» say {text!r}[/bold]  [dim]({label})[/dim]")
+        console.print(f"\n[bold]» say {plain(repr(text))}[/bold]  [dim]({label})[/dim]")
         async for row in _say(bus, home, text, timeout_s=20):
             _print_row(row, compact=True)
     console.rule()
@@ -199,7 +212,7 @@ def dispatcher(
     try:
         asyncio.run(go())
     except SymbioteError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {plain(exc)}")
         raise typer.Exit(1) from exc
 
 
@@ -277,7 +290,7 @@ def keys_list(data_dir: DataDirOpt = None, nats_url: NatsOpt = None, as_json: Js
             return
         table = Table("principal", "role", "kid", "registered at", "revoked at")
         for e in entries:
-            table.add_row(e.principal, e.role, e.kid, str(e.registered_seq), str(e.revoked_seq or "—"))
+            table.add_row(*map(cell, (e.principal, e.role, e.kid, e.registered_seq, e.revoked_seq or "—")))
         console.print(table)
 
     _run(go)
@@ -301,7 +314,7 @@ def keys_add(
         public_key_from_kid(public_key)
         async with _bus(home, nats_url) as bus:
             seq = await register_key(bus, home.load_key("owner"), public_key, f"{role}:{name}")
-        console.print(f"registered {role}:{name} ({public_key}) at seq {seq}")
+        console.print(plain(f"registered {role}:{name} ({public_key}) at seq {seq}"))
 
     _run(go)
 
@@ -322,7 +335,7 @@ def keys_revoke(
             if entry is None or entry.revoked_seq is not None:
                 raise SymbioteError("no such active key", kid=kid)
             seq = await revoke_key(bus, home.load_key("owner"), kid, entry.principal)
-        console.print(f"revoked {entry.principal} ({kid}) at seq {seq}")
+        console.print(plain(f"revoked {entry.principal} ({kid}) at seq {seq}"))
 
     _run(go)
 
@@ -343,7 +356,8 @@ def commands_list(data_dir: DataDirOpt = None, nats_url: NatsOpt = None, as_json
             return
         table = Table("name", "executor", "approval", "auto confidence", "description")
         for d in definitions:
-            table.add_row(d.name, d.executor, d.approval.describe(), f"{d.auto_confidence:.2f}", d.description)
+            row = (d.name, d.executor, d.approval.describe(), f"{d.auto_confidence:.2f}", d.description)
+            table.add_row(*map(cell, row))
         console.print(table)
 
     _run(go)
@@ -362,7 +376,7 @@ def commands_add(
         definition = load_definition(file)
         async with _bus(home, nats_url) as bus:
             seq = await define_command(bus, home.load_key("owner"), definition)
-        console.print(f"defined {definition.name} at seq {seq}")
+        console.print(plain(f"defined {definition.name} at seq {seq}"))
 
     _run(go)
 

@@ -85,7 +85,7 @@ def register(keys_app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Print a one-time code, URL and QR code that pair a phone as user:NAME (valid 10 minutes, once)."""
-        from symbiote.cli.common import _home, console, err
+        from symbiote.cli.common import _home, console, err, plain
 
         home = _home(data_dir)
         if not valid_name(name):
@@ -94,7 +94,7 @@ def register(keys_app: typer.Typer) -> None:
         try:
             base, fingerprint = _api_address(home, url)
         except ConfigError as exc:
-            err.print(f"[red]error:[/red] {exc}")
+            err.print(f"[red]error:[/red] {plain(exc)}")
             raise typer.Exit(1) from exc
         base, warning = phone_base_url(base)
         store = PairingStore(home.root)
@@ -110,7 +110,7 @@ def register(keys_app: typer.Typer) -> None:
             "  The browser will warn about the self-signed certificate: continue only if its fingerprint matches."
         )
         if warning:
-            err.print(f"[yellow]warning:[/yellow] {warning}")
+            err.print(f"[yellow]warning:[/yellow] {plain(warning)}")
         if qr:
             typer.echo(qr_text(link))
         if not wait:
@@ -121,7 +121,8 @@ def register(keys_app: typer.Typer) -> None:
             while True:
                 receipt = store.take_receipt(code)
                 if receipt is not None:
-                    console.print(f"[green]paired:[/green] {receipt.get('principal')} with key {receipt.get('kid')}")
+                    paired = f"{receipt.get('principal')} with key {receipt.get('kid')}"
+                    console.print(f"[green]paired:[/green] {plain(paired)}")
                     return
                 now = time.time() * 1000
                 if not store.exists(code):

@@ -34,9 +34,9 @@ from typing import Any, Literal
 
 from symbiote.bus.envelope import Envelope, from_wire
 from symbiote.bus.events import BODY_TYPES, parse_body, subject_for
-from symbiote.bus.ids import now_ms
+from symbiote.bus.ids import is_event_id, now_ms
 from symbiote.bus.stream import Bus, StoredMsg
-from symbiote.errors import DecodeError
+from symbiote.errors import ConfigError, DecodeError
 from symbiote.projections.checkpoints import CheckpointRecord, compute_root, load_checkpoint_files
 from symbiote.projections.fold import command_id_of, jsonable
 from symbiote.projections.verify import (
@@ -224,6 +224,7 @@ class _Auditor:
         self.last_present = 0
         self.entries_seq: list[int] = []
         self.entries: list[bytes] = []
+        self.entry_times: list[int] = []  # when the server stored each entry (ms; 0 if unknown)
         self.checkpoint_msgs: dict[int, bytes] = {}
         self.gaps: list[tuple[int, int]] = []
         self.lives: dict[str, list[tuple[int, Envelope]]] = {}
@@ -239,7 +240,7 @@ class _Auditor:
             self.report.findings.append(finding)
 
     # -- the ordered pass -------------------------------------------------------------------
-    def message(self, item: Decoded) -> None:
+    def message(self, item: Decoded, stored_ms: int = 0) -> None:
         report = self.report
         seq = item.seq
         if seq < self.expected:
@@ -254,6 +255,7 @@ class _Auditor:
         else:
             self.entries_seq.append(seq)
             self.entries.append(entry_hash(seq, item.subject, item.data))
+            self.entry_times.append(stored_ms)
         event = item.event
         if event is None:
             self.add(
@@ -439,7 +441,12 @@ def _verify_record(auditor: _Auditor, record: CheckpointRecord, event: Envelope)
     return None
 
 
-def _check_checkpoints(auditor: _Auditor, report: AuditReport, checkpoint_dir: Path | None) -> None:
+def _check_checkpoints(
+    auditor: _Auditor,
+    report: AuditReport,
+    outside: tuple[list[CheckpointRecord], list[tuple[str, str]]] | None,
+    uncovered_grace_s: float,
+) -> None:
     nats_records: dict[int, CheckpointRecord] = {}
     previous: CheckpointRecord | None = None
     for seq, data in sorted(auditor.checkpoint_msgs.items()):
@@ -472,8 +479,8 @@ def _check_checkpoints(auditor: _Auditor, report: AuditReport, checkpoint_dir: P
         previous = record
     covered = max((r.last_seq for r in nats_records.values()), default=0)
     files: list[CheckpointRecord] = []
-    if checkpoint_dir is not None:
-        files, problems = load_checkpoint_files(checkpoint_dir)
+    if outside is not None:
+        files, problems = outside
         for name, problem in problems:
             auditor.add(Finding(None, "fail", "checkpoint_file", f"{name}: {problem}"))
         report.checkpoint_files = len(files)
@@ -549,14 +556,37 @@ def _check_checkpoints(auditor: _Auditor, report: AuditReport, checkpoint_dir: P
                 )
             )
     report.covered_through = covered
-    uncovered = [s for s in auditor.entries_seq if s > covered]
-    if uncovered:
+    _check_uncovered(auditor, report, covered, uncovered_grace_s)
+
+
+def _check_uncovered(auditor: _Auditor, report: AuditReport, covered: int, grace_s: float) -> None:
+    """Events after the last checkpoint: a failure once they are older than the grace period (the
+    runtime checkpoints every few seconds and when idle), a note while they are recent."""
+    start = bisect.bisect_right(auditor.entries_seq, covered)
+    seqs, times = auditor.entries_seq[start:], auditor.entry_times[start:]
+    if not seqs:
+        return
+    deadline = report.checked_at - int(grace_s * 1000)
+    stale = [seq for seq, stored in zip(seqs, times, strict=True) if 0 < stored <= deadline]
+    if stale:
         auditor.add(
             Finding(
-                uncovered[0],
+                stale[0],
+                "fail",
+                "uncovered",
+                f"{len(stale)} event(s) from seq {stale[0]} to {stale[-1]} were stored more than {grace_s:g} s before "
+                "the audit and no signed checkpoint covers them: nothing vouches that they are the events the "
+                "runtime logged (is its checkpointer running?)",
+            )
+        )
+    recent = [seq for seq in seqs if not stale or seq > stale[-1]]
+    if recent:
+        auditor.add(
+            Finding(
+                recent[0],
                 "warn",
                 "uncovered",
-                f"{len(uncovered)} event(s) from seq {uncovered[0]} to {uncovered[-1]} are not yet covered by a "
+                f"{len(recent)} recent event(s) from seq {recent[0]} to {recent[-1]} are not yet covered by a "
                 "signed checkpoint",
             )
         )
@@ -568,10 +598,18 @@ async def audit(
     checkpoint_dir: Path | None,
     progress: Callable[[int, int], None] | None = None,
     batch: int = 2048,
+    uncovered_grace_s: float = 60.0,
 ) -> AuditReport:
-    """Re-verify the whole log (see the module doc); ``progress(seq, last_seq)`` is called per batch."""
+    """Re-verify the whole log (see the module doc); ``progress(seq, last_seq)`` is called per batch.
+
+    Events that no checkpoint covers fail the audit once they were stored more than
+    ``uncovered_grace_s`` before it began; more recent ones are noted.
+    """
     report = AuditReport(checked_at=now_ms(), checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None)
     auditor = _Auditor(report)
+    # the files first: one the runtime files while the log is read covers messages the audit may
+    # not reach, and would look like a cut-off tail
+    outside = load_checkpoint_files(checkpoint_dir) if checkpoint_dir is not None else None
     state = await bus.stream_state()
     report.stream_first_seq = int(state.first_seq or 0)
     report.stream_last_seq = int(state.last_seq or 0)
@@ -583,8 +621,8 @@ async def audit(
         async def flush() -> None:
             decoded = await checker.decode(chunk)
             auditor.keyring.remember(decoded)
-            for item in decoded:
-                auditor.message(item)
+            for msg, item in zip(chunk, decoded, strict=True):
+                auditor.message(item, msg.time_ms)
             if progress is not None and chunk:
                 progress(chunk[-1].seq, report.stream_last_seq)
             chunk.clear()
@@ -602,7 +640,7 @@ async def audit(
         checker.close()
     if report.stream_last_seq > auditor.last_present:
         auditor._gap(auditor.last_present + 1, report.stream_last_seq)
-    _check_checkpoints(auditor, report, checkpoint_dir)
+    _check_checkpoints(auditor, report, outside, uncovered_grace_s)
     if report.messages and not report.checkpoints and checkpoint_dir is not None and not report.checkpoint_files:
         auditor.add(Finding(None, "warn", "no_checkpoints", "there are no signed checkpoints yet"))
     report.findings.sort(key=lambda f: (f.seq is None, f.seq or 0, f.severity != "fail"))
@@ -693,6 +731,8 @@ async def _find_input(bus: Bus, input_id: str, before_seq: int) -> tuple[int, En
 
 async def why(bus: Bus, command_id: str) -> CommandStory:
     """The chain of one command: input → proposal (agent, confidence) → approvals → execution → result."""
+    if not is_event_id(command_id):
+        raise ConfigError("a command id is the UUID of its proposal (lower-case, with hyphens)", command_id=command_id)
     story = CommandStory(command_id, found=False)
     msgs = await bus.history(f"sym.cmd.{command_id}.>", 1, limit=10_000)
     if not msgs:
@@ -764,7 +804,9 @@ def _step(
         details = {"event_id": event.id, "verified": verdict.principals}
         return Step("proposal", seq, event.at, who, text, signed, details)
     if event.type == "command.approval_requested":
-        text = f"approval requested: needs {body.get('needs')} of {', '.join(map(str, body.get('principals', [])))}"
+        principals = body.get("principals")
+        listed = ", ".join(map(str, principals)) if isinstance(principals, list) else repr(principals)
+        text = f"approval requested: needs {body.get('needs')} of {listed}"
         return Step("approval_request", seq, event.at, who, text, signed, {"expires_at": body.get("expires_at")})
     if event.type in ("command.approved", "command.rejected"):
         counted = (life.approvals.get(who) == seq) if event.type == "command.approved" else life.rejected_by == who
@@ -819,9 +861,21 @@ def write_html(report: AuditReport, path: Path) -> None:
     first = report.first_failure
     if first is None:
         verdict = "Everything checks out"
+        if not report.checkpoints:
+            sealed = (
+                " There are no signed checkpoints yet, so nothing proves that no event was deleted or changed "
+                "before this check."
+            )
+        elif any(f.kind == "uncovered" for f in report.findings):
+            sealed = (
+                f" The log matches its signed checkpoints, which cover it up to event #{report.covered_through}; "
+                "the newest events are not covered yet."
+            )
+        else:
+            sealed = " The log matches its signed checkpoints, which cover all of it."
         verdict_detail = (
-            f"All {report.messages} events in the log were checked. Every signature holds, every command that ran "
-            "was allowed to run, and the log matches its signed checkpoints."
+            f"All {report.messages} events in the log were checked. Every signature holds and every command that ran "
+            f"was allowed to run.{sealed}"
         )
         colour = "#1b7f3b"
     else:

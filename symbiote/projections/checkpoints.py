@@ -185,9 +185,11 @@ def load_checkpoint_files(directory: Path) -> tuple[list[CheckpointRecord], list
     for path in sorted(directory.glob("*.json")):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or type(data.get("seq")) is not int or not isinstance(data.get("wire"), str):
+                raise ValueError("not a map with an integer seq and the signed event's bytes")
             wire = base64.b64decode(data["wire"], validate=True)
-            record, _ = CheckpointRecord.from_wire(int(data["seq"]), wire)
-        except (OSError, ValueError, KeyError, TypeError, DecodeError) as exc:
+            record, _ = CheckpointRecord.from_wire(data["seq"], wire)
+        except (OSError, ValueError, RecursionError, DecodeError) as exc:  # RecursionError: nested too deep
             problems.append((path.name, f"unreadable checkpoint file: {exc}"))
             continue
         if path.name != _file_name(record.seq):

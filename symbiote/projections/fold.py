@@ -27,7 +27,7 @@ from symbiote.bus.stream import Bus
 from symbiote.errors import DecodeError
 from symbiote.projections.jsontext import json_text, jsonable, pg_text
 from symbiote.projections.verify import CachedKeyring, Decoded, reading, verdict_at
-from symbiote.registry.policy import CommandLife, Denial, check_approval, fold_command
+from symbiote.registry.policy import CommandLife, Denial, check_approval, fold_command, signed_late
 from symbiote.registry.state import REGISTRY_TYPES, RegistryState
 from symbiote.signers.keyring import Verdict
 
@@ -615,6 +615,8 @@ def _judge_approval(
         return "decided", "the command had already started or ended"
     if event.id in prefix.approval_ids:
         return "duplicate", "the same approval event was counted before"
+    if signed_late(prefix, event):
+        return "expired", f"signed at {event.at}, after the approval request expired at {prefix.approval_expires_at}"
     check = check_approval(state, prefix.proposal, prefix.definition, event, seq)
     if isinstance(check, Denial):
         return check.reason, check.detail

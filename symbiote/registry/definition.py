@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jsonschema
+import referencing.exceptions
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from referencing.jsonschema import DRAFT202012
 
 from symbiote.errors import ConfigError
 
@@ -75,6 +77,12 @@ class CommandDefinition(BaseModel):
             jsonschema.Draft202012Validator.check_schema(value)
         except jsonschema.SchemaError as exc:
             raise ValueError(f"args_schema is not a valid JSON Schema: {exc.message}") from exc
+        resolver = referencing.Registry().resolver_with_root(DRAFT202012.create_resource(value))
+        for ref in _references(value):
+            try:
+                resolver.lookup(ref)
+            except referencing.exceptions.Unresolvable as exc:
+                raise ValueError(f"args_schema refers to {ref!r}, which is not in the schema itself") from exc
         return value
 
     def to_map(self) -> dict[str, Any]:
@@ -82,10 +90,28 @@ class CommandDefinition(BaseModel):
         return self.model_dump(mode="python", exclude_none=True)
 
 
+def _references(schema: Any) -> list[str]:
+    """Every ``$ref`` and ``$dynamicRef`` in a schema."""
+    found: list[str] = []
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            if key in ("$ref", "$dynamicRef") and isinstance(value, str):
+                found.append(value)
+            else:
+                found += _references(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            found += _references(item)
+    return found
+
+
 def validate_args(definition: CommandDefinition, args: dict[str, Any]) -> str | None:
     """None if ``args`` fit the definition's schema, else a short description of the first error."""
     validator = _validator(definition)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(args))
+    try:
+        error = jsonschema.exceptions.best_match(validator.iter_errors(args))
+    except referencing.exceptions.Unresolvable as exc:  # schemas never fetch anything
+        return f"(args): the command's schema refers to something it does not hold: {exc}"[:500]
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path) or "(args)"
@@ -100,7 +126,8 @@ def _validator(definition: CommandDefinition) -> jsonschema.Draft202012Validator
     cached = _VALIDATORS.get(id(definition))
     if cached is not None and cached[0] is definition:
         return cached[1]
-    validator = jsonschema.Draft202012Validator(definition.args_schema)
+    # an empty registry: a reference outside the schema fails instead of being fetched
+    validator = jsonschema.Draft202012Validator(definition.args_schema, registry=referencing.Registry())
     if len(_VALIDATORS) > 1000:
         _VALIDATORS.clear()
     _VALIDATORS[id(definition)] = (definition, validator)

@@ -24,6 +24,7 @@ __all__ = [
     "check_proposal",
     "eligible_approvers",
     "fold_command",
+    "signed_late",
 ]
 
 
@@ -167,10 +168,17 @@ def _by_runtime(state: RegistryState, event: Envelope, seq: int) -> bool:
     return verdict.ok and event.actor_role == "runtime" and all(c.role == "runtime" for c in verdict.checks)
 
 
+def signed_late(life: CommandLife, event: Envelope) -> bool:
+    """An approval or rejection signed after the approval request expired (it never counts)."""
+    expires = life.approval_expires_at
+    return expires is not None and event.at > expires
+
+
 def fold_command(command_id: str, events: list[tuple[int, Envelope]], state: RegistryState) -> CommandLife:
     """Fold a command's events. Approvals count only if :func:`check_approval` accepts them and
-    they came after the approval request and before the command was decided; decisions (request,
-    start, outcome, denial) count only if the runtime signed them."""
+    they came after the approval request and before the command was decided, and were signed
+    before the request expired; decisions (request, start, outcome, denial) count only if the
+    runtime signed them."""
     life = CommandLife(command_id)
     for seq, event in events:
         life.events.append((seq, event))
@@ -190,7 +198,7 @@ def fold_command(command_id: str, events: list[tuple[int, Envelope]], state: Reg
         elif kind in ("command.approved", "command.rejected"):
             if life.proposal is None or life.definition is None or not life.requested_at_seq or life.decided:
                 continue
-            if event.id in life.approval_ids:
+            if event.id in life.approval_ids or signed_late(life, event):
                 continue
             check = check_approval(state, life.proposal, life.definition, event, seq)
             if isinstance(check, Denial):

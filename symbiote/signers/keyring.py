@@ -149,7 +149,7 @@ class Keyring:
         elif isinstance(body, KeyRevoked):
             entry = self.keys.get(body.kid)
             if entry is None or entry.revoked_seq is not None:
-                return Verdict(verdict.checks, "unknown_key", "no such active key to revoke")
+                return Verdict(verdict.checks, "malformed", "no such active key to revoke")
             entry.revoked_seq = seq
         else:
             return Verdict(verdict.checks, "malformed", f"{event.type} is not a key event")
