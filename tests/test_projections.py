@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import msgpack
 import pytest
 import pytest_asyncio
 
 from symbiote.bootstrap import define_command
 from symbiote.bus.envelope import Envelope, from_wire, make_event
-from symbiote.bus.ids import now_ms
+from symbiote.bus.ids import new_event_id, now_ms
 from symbiote.bus.stream import Bus
 from symbiote.dispatcher import Dispatcher, Executors
 from symbiote.errors import StoreError
@@ -323,6 +324,62 @@ async def test_projector_resumes_from_its_checkpoint(actors: Actors, pg_dsn: str
     problems = await fetch(pg_dsn, "SELECT problem FROM events WHERE problem IS NOT NULL")
     assert any(p["problem"].startswith("undecodable") for p in problems)
     assert any(p["problem"].startswith("unknown_key") for p in problems)
+
+
+async def test_hostile_messages_neither_stop_nor_skew_the_projection(actors: Actors, pg_dsn: str) -> None:
+    """What anyone connected to NATS (or a key holder with odd data) can put in the log: the
+    projector takes it, restarts from its checkpoint through it, and a replay equals it."""
+    a = actors
+    source = a.text("list the files")
+    proposal = a.proposal(source, "shell.run", {"argv": ["ls"]})
+    request = {"digest": proposal.digest(), "needs": 1, "principals": [a.user.principal]}
+    stranger = SigningKey.generate("user:eve")
+    items: list[Envelope | bytes] = [
+        a.sign(a.user, "input.text", {"text": "from the far future"}, at=2**64 - 1),
+        source,
+        proposal,
+        a.runtime_event("command.approval_requested", proposal, **request, expires_at=now_ms() + 60_000),
+        *(a.approval(proposal, stranger) for _ in range(300)),  # forged: each folds in constant time
+    ]
+    deep: Any = "bottom"
+    for _ in range(70):
+        deep = {"deeper": deep}
+    envelope = {  # canonical but for its depth (no one can sign it: signing refuses it too)
+        "actor": a.user.principal, "at": now_ms(), "body": {"extra": deep, "text": "deep"}, "cause": None,
+        "corr": None, "id": new_event_id(), "sigs": [{"kid": a.user.kid, "sig": bytes(64)}], "type": "input.text",
+        "v": 1,
+    }  # fmt: skip
+    items.append(msgpack.packb(envelope, use_bin_type=True))
+    await publish_all(a.bus, items)
+    odd_subjects = ["sym.cmd.*.started", "sym.cmd." + "\u732b" * 1250 + ".started", "sym.cmd.not-an-id.started"]
+    for subject in odd_subjects:
+        await a.bus.publish_raw(subject, b"\x93unsigned")
+    nul = SigningKey.generate("user:bob")
+    body = {"kid": nul.kid, "principal": "user:bob\x00", "role": "user"}
+    last = await a.send(a.sign(a.owner, "key.registered", body))
+    first = Projector(a.bus, pg_dsn, follow=False)
+    assert (await first.run()).last_seq == last
+    more = [a.approval(proposal), a.runtime_event("command.started", proposal, sandbox={"backend": "bwrap"})]
+    last = await publish_all(a.bus, more)
+    for subject in odd_subjects:  # again, after the restart (its history lookups take the other path)
+        await a.bus.publish_raw(subject, b"\x93unsigned")
+    last = await a.bus.last_seq()
+    second = Projector(a.bus, pg_dsn, follow=False)
+    assert (await second.run()).last_seq == last
+    report = await replay(a.bus, pg_dsn)
+    assert report.ok, (report.mismatches, report.note)
+    rows = await fetch(pg_dsn, "SELECT command_id, state FROM commands")
+    assert [(r["command_id"], r["state"]) for r in rows] == [(proposal.id, "started")]
+    stray = await fetch(
+        pg_dsn, "SELECT count(*) AS n FROM events WHERE subject LIKE 'sym.cmd.%' AND command_id IS NULL"
+    )
+    assert stray[0]["n"] == 2 * len(odd_subjects)
+    far = await fetch(pg_dsn, "SELECT at FROM memory WHERE text = 'from the far future'")
+    assert [r["at"] for r in far] == [0]
+    deep_rows = await fetch(pg_dsn, "SELECT problem FROM events WHERE problem LIKE '%nest too deep%'")
+    assert len(deep_rows) == 1 and deep_rows[0]["problem"].startswith("undecodable")
+    keys = await fetch(pg_dsn, "SELECT principal FROM keys WHERE kid = $1", nul.kid)
+    assert [r["principal"] for r in keys] == ["user:bob\ufffd"]
 
 
 async def test_batches_that_pile_up_are_written_together(actors: Actors, pg_dsn: str) -> None:

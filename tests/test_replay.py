@@ -19,6 +19,7 @@ from symbiote.bus.ids import now_ms
 from symbiote.bus.stream import Bus
 from symbiote.cli import history
 from symbiote.dispatcher import Dispatcher, Executors
+from symbiote.errors import ConfigError, StoreError
 from symbiote.home import DataDir
 from symbiote.projections import (
     MEMORY_SEARCH_DEFINITION,
@@ -193,6 +194,21 @@ async def test_replay_without_live_projections_is_not_compared(bus: Bus, pg_dsn:
     assert not report.compared and not report.ok
     assert "no live projections" in report.note
     assert report.digests["keys"].rows == 4
+
+
+async def test_replay_never_drops_a_schema_it_did_not_make(bus: Bus, pg_dsn: str, tmp_path: Path) -> None:
+    await initialize(bus, DataDir(tmp_path / "home"), name="ann")
+    conn = await connect(pg_dsn)
+    try:
+        await conn.execute("CREATE SCHEMA precious; CREATE TABLE precious.data (x int)")
+        with pytest.raises(StoreError, match="already exists"):
+            await replay(bus, pg_dsn, into="precious", keep=False, compare=False)
+        with pytest.raises(ConfigError):  # a name that only looks like another (trailing newline)
+            await replay(bus, pg_dsn, into="public\n", compare=False)
+        assert await schema_exists(conn, "precious")
+        assert await conn.fetchval("SELECT count(*) FROM precious.data") == 0
+    finally:
+        await conn.close()
 
 
 def test_cli_replay(nats_url: str, pg_dsn: str, tmp_path: Path) -> None:

@@ -67,7 +67,7 @@ class Envelope(BaseModel):
         """``canon(body)``, computed once."""
         cached: bytes | None = self.__dict__.get(_BODY_CACHE)
         if cached is None:
-            cached = canon(self.body)
+            cached = canon(self.body, depth=2)  # the body sits in the envelope (and the signing input)
             object.__setattr__(self, _BODY_CACHE, cached)
         return cached
 

@@ -65,7 +65,7 @@ def quote_ident(name: str) -> str:
 
 def check_schema_name(schema: str) -> str:
     """``schema`` if it is a plain lower-case identifier; raise :class:`ConfigError` otherwise."""
-    if not _SCHEMA_NAME.match(schema):
+    if not _SCHEMA_NAME.fullmatch(schema):
         raise ConfigError("schema names are lower-case letters, digits and _", schema=schema)
     return schema
 

@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from symbiote.bus.envelope import Envelope, from_wire
+from symbiote.bus.ids import is_event_id
 from symbiote.bus.stream import Bus
 from symbiote.errors import DecodeError
 from symbiote.projections.jsontext import json_text, jsonable, pg_text
 from symbiote.projections.verify import CachedKeyring, Decoded, reading, verdict_at
-from symbiote.registry.policy import CommandLife, Denial, check_approval, fold_command, signed_late
+from symbiote.registry.policy import CommandLife, Denial, check_approval, fold_command, fold_event, signed_late
 from symbiote.registry.state import REGISTRY_TYPES, RegistryState
 from symbiote.signers.keyring import Verdict
 
@@ -134,11 +135,15 @@ def _opt(value: str | None) -> str | None:
 
 
 def command_id_of(subject: str) -> str | None:
-    """The command id of a ``sym.cmd.<id>.<phase>`` subject, else None."""
+    """The command id of a ``sym.cmd.<id>.<phase>`` subject, else None.
+
+    Only an event id (a UUID) is a command id: any other token (a wildcard, a NUL, a huge one)
+    on a subject anyone connected to NATS can publish on joins no command.
+    """
     if not subject.startswith("sym.cmd."):
         return None
     parts = subject.split(".")
-    return parts[2] if len(parts) >= 4 else None
+    return parts[2] if len(parts) >= 4 and is_event_id(parts[2]) else None
 
 
 def outcome_text(command: str, args: Any, kind: str, body: dict[str, Any]) -> str:
@@ -202,9 +207,10 @@ class Rows:
 
 @dataclass
 class _Track:
-    """One command's decodable events so far, and the signature problem of each we verified."""
+    """One command's life folded so far (its decodable events, in order), and the signature
+    problem of each event we verified."""
 
-    events: list[tuple[int, Envelope]] = field(default_factory=list)
+    life: CommandLife
     problems: dict[int, str | None] = field(default_factory=dict)
 
 
@@ -286,22 +292,22 @@ class Folder:
                 wanted.extend(cid for cid in candidates if cid in known)
                 for cid in candidates:
                     if cid not in known:
-                        self._tracks[cid] = _Track()  # nothing before the origin: start empty
+                        self._tracks[cid] = _Track(CommandLife(cid))  # nothing before the origin: start empty
         if not wanted:
             return
         bus = self.bus
         limit = asyncio.Semaphore(32)
 
         async def load(cid: str) -> _Track:
-            track = _Track()
+            events: list[tuple[int, Envelope]] = []
             subject = f"sym.cmd.{cid}.>"
             async with limit:
                 msg = await bus.next_after(subject, 1)
                 while msg is not None and msg.seq < first:
                     with contextlib.suppress(DecodeError):  # unreadable: not part of the command's history
-                        track.events.append((msg.seq, from_wire(msg.data)))
+                        events.append((msg.seq, from_wire(msg.data)))
                     msg = await bus.next_after(subject, msg.seq + 1)
-            return track
+            return _Track(fold_command(cid, events, self.state))
 
         tracks = await asyncio.gather(*(load(cid) for cid in wanted))
         for cid, track in zip(wanted, tracks, strict=True):
@@ -333,7 +339,13 @@ class Folder:
         for kid in sorted(self._touched_kids):
             entry = self.state.keyring.keys.get(kid)
             if entry is not None:
-                rows.keys[kid] = (kid, entry.principal, entry.role, entry.registered_seq, entry.revoked_seq)
+                rows.keys[kid] = (
+                    pg_text(kid),
+                    pg_text(entry.principal),
+                    pg_text(entry.role),
+                    entry.registered_seq,
+                    entry.revoked_seq,
+                )
         for name in sorted(self._touched_names):
             row = self._registry_row(name)
             if row is not None:
@@ -399,7 +411,7 @@ class Folder:
             track = self._track(cid)
             if event.type in ("command.approved", "command.rejected"):
                 rows.approvals.append(self._approval_row(cid, track, event, item.seq, verdict))
-            track.events.append((item.seq, event))
+            fold_event(track.life, item.seq, event, self.state)
             track.problems[item.seq] = _problem(verdict)
             touched[cid] = None
             if self.memory and verdict.ok and event.type in ("command.succeeded", "command.failed"):
@@ -415,7 +427,7 @@ class Folder:
                         None,
                         pg_text(event.actor),
                         event.corr,
-                        event.at,
+                        _int64(event.at) or 0,
                         pg_text(text.strip())[:8000],
                     )
                 )
@@ -439,7 +451,7 @@ class Folder:
     def _track(self, cid: str) -> _Track:
         track = self._tracks.get(cid)
         if track is None:
-            track = self._tracks[cid] = _Track()
+            track = self._tracks[cid] = _Track(CommandLife(cid))
         else:
             self._tracks.move_to_end(cid)
         return track
@@ -451,9 +463,8 @@ class Folder:
 
     # -- rows -------------------------------------------------------------------------------
     def _approval_row(self, cid: str, track: _Track, event: Envelope, seq: int, verdict: Verdict) -> tuple[Any, ...]:
-        """Whether this approval counts, judged exactly as :func:`fold_command` would at ``seq``."""
-        prefix = fold_command(cid, track.events, self.state)
-        reason, detail = _judge_approval(self.state, prefix, event, seq)
+        """Whether this approval counts, judged exactly as :func:`fold_event` will at ``seq``."""
+        reason, detail = _judge_approval(self.state, track.life, event, seq)
         return (
             seq,
             pg_text(cid),
@@ -470,7 +481,7 @@ class Folder:
     def _remember_outcome(self, cid: str, track: _Track, event: Envelope, seq: int, rows: Rows) -> None:
         if event.actor_role != "runtime":
             return
-        proposal = next((e for _, e in track.events if e.type == "command.proposed" and e.id == cid), None)
+        proposal = track.life.proposal
         if proposal is None:
             return
         command = proposal.body.get("command")
@@ -478,7 +489,7 @@ class Folder:
             return
         text = outcome_text(command, proposal.body.get("args"), event.type, event.body)
         rows.memory.append(
-            MemoryRow(seq, "outcome", event.id, pg_text(cid), pg_text(event.actor), event.corr, event.at, text)
+            MemoryRow(seq, "outcome", event.id, cid, pg_text(event.actor), event.corr, _int64(event.at) or 0, text)
         )
 
     def _proposal_problem(self, track: _Track, life: CommandLife) -> str | None:
@@ -495,7 +506,7 @@ class Folder:
         return problem
 
     def _command_row(self, cid: str, track: _Track) -> tuple[Any, ...] | None:
-        life = fold_command(cid, track.events, self.state)
+        life = track.life
         if life.proposal is None and life.terminal is None:
             return None  # a question, a suggestion, or stray events: no command to show
         state = str(life.summary()["state"])

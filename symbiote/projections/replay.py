@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -179,7 +179,7 @@ async def replay(
     projection to reach the replayed position before comparing.
     """
     from_seq = max(1, from_seq)
-    schema = check_schema_name(into or f"replay_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}")
+    schema = check_schema_name(into or f"replay_{time.strftime('%Y%m%d_%H%M%S')}_{secrets.token_hex(4)}")
     check_schema_name(live_schema)
     if schema == live_schema:
         raise StoreError("the replay must build into a schema other than the live one", schema=schema)
@@ -187,8 +187,12 @@ async def replay(
     report = ReplayReport(schema=schema, from_seq=from_seq, kept=keep, live_schema=live_schema)
     conn = await connect(dsn, schema)
     try:
-        if await schema_exists(conn, schema):
-            raise StoreError("the replay schema already exists; choose another or drop it", schema=schema)
+        await _create(conn, schema)
+    except BaseException:
+        with contextlib.suppress(*DB_ERRORS):
+            await conn.close()
+        raise
+    try:  # from here on the schema is ours: dropped on failure unless kept
         await apply_migrations(conn, schema)
         if not keep:
             await _unlogged(conn, schema)
@@ -309,6 +313,17 @@ async def _unlogged(conn: asyncpg.Connection, schema: str) -> None:
         tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", schema)
         for row in tables:
             await conn.execute(f"ALTER TABLE {quote_ident(schema)}.{quote_ident(row['tablename'])} SET UNLOGGED")
+
+
+async def _create(conn: asyncpg.Connection, schema: str) -> None:
+    """Create the replay's schema, refusing one that exists: a replay only ever drops its own."""
+    try:
+        with translate("create the replay schema", schema=schema):
+            await conn.execute(f"CREATE SCHEMA {quote_ident(schema)}")
+    except StoreError as exc:
+        if isinstance(exc.__cause__, asyncpg.DuplicateSchemaError):
+            raise StoreError("the replay schema already exists; choose another or drop it", schema=schema) from exc
+        raise
 
 
 async def _drop(conn: asyncpg.Connection, schema: str) -> None:

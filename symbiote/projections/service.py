@@ -65,6 +65,7 @@ class Projections:
         )
         self.projector: Projector | None = None
         self.restarts = 0
+        self.failures = 0  # restarts after an unexpected error (not a lost connection)
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -94,15 +95,26 @@ class Projections:
                 await cancel_and_wait([stop])
                 if self._stop.is_set():
                     self.projector.shutdown()
+                backoff = self.restart_backoff_s
                 try:
                     await task
                 except (StoreError, BusError) as exc:
                     if self._stop.is_set():
                         break
-                    self.restarts += 1
-                    log.warning("projector.restart", error=str(exc), backoff_s=self.restart_backoff_s)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), self.restart_backoff_s)
+                    log.warning("projector.restart", error=str(exc), backoff_s=backoff)
+                except Exception:  # a bug, or an event the fold cannot take
+                    # the runtime goes on dispatching and checkpointing; the projector is retried,
+                    # more and more slowly, and each failure is logged with its traceback
+                    if self._stop.is_set():
+                        raise
+                    backoff = min(60.0, self.restart_backoff_s * 2 ** min(self.failures, 6))
+                    self.failures += 1
+                    log.exception("projector.failed", failures=self.failures, backoff_s=backoff)
+                else:
+                    continue
+                self.restarts += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), backoff)
         finally:
             # the final checkpoint first, then let the projector take it in, so that a clean
             # stop leaves the projections at the end of the log

@@ -21,9 +21,9 @@ class ApprovalPolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     mode: Literal["none", "user"] = "none"
-    quorum: int = Field(default=1, ge=1)
+    quorum: int = Field(default=1, ge=1, le=1000)
     principals: list[str] = []  # empty: any registered user principal
-    expires_in: int = Field(default=600, ge=1, description="seconds an approval request stays open")
+    expires_in: int = Field(default=600, ge=1, le=366 * 86400, description="seconds an approval request stays open")
 
     @field_validator("principals")
     @classmethod

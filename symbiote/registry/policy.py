@@ -24,6 +24,7 @@ __all__ = [
     "check_proposal",
     "eligible_approvers",
     "fold_command",
+    "fold_event",
     "signed_late",
 ]
 
@@ -175,44 +176,54 @@ def signed_late(life: CommandLife, event: Envelope) -> bool:
 
 
 def fold_command(command_id: str, events: list[tuple[int, Envelope]], state: RegistryState) -> CommandLife:
-    """Fold a command's events. Approvals count only if :func:`check_approval` accepts them and
-    they came after the approval request and before the command was decided, and were signed
-    before the request expired; decisions (request, start, outcome, denial) count only if the
-    runtime signed them."""
+    """Fold a command's events (see :func:`fold_event`)."""
     life = CommandLife(command_id)
     for seq, event in events:
-        life.events.append((seq, event))
-        life.last_seq = max(life.last_seq, seq)
-        kind = event.type
-        if kind in RUNTIME_DECISIONS and not _by_runtime(state, event, seq):
-            continue  # only the runtime decides: a forged decision changes nothing
-        if kind == "command.proposed":
-            if life.proposal is None and event.id == command_id:
-                life.proposal, life.proposal_seq = event, seq
-                life.definition = state.command_at(str(event.body.get("command")), seq)
-        elif kind == "command.approval_requested":
-            if not life.requested_at_seq:
-                life.requested_at_seq = seq
-                expires = event.body.get("expires_at")
-                life.approval_expires_at = expires if isinstance(expires, int) else None
-        elif kind in ("command.approved", "command.rejected"):
-            if life.proposal is None or life.definition is None or not life.requested_at_seq or life.decided:
-                continue
-            if event.id in life.approval_ids or signed_late(life, event):
-                continue
-            check = check_approval(state, life.proposal, life.definition, event, seq)
-            if isinstance(check, Denial):
-                continue
-            life.approval_ids.add(event.id)
-            if check.approve:
-                life.approvals.setdefault(check.principal, seq)
-            elif life.rejected_by is None:
-                life.rejected_by = check.principal
-        elif kind == "command.started":
-            life.started_seq = seq
-            life.starts += 1
-        elif kind in ("command.succeeded", "command.failed") or (
-            kind == "command.denied" and event.cause == command_id and life.terminal is None
-        ):
-            life.terminal, life.terminal_seq = event, seq
+        fold_event(life, seq, event, state)
     return life
+
+
+def fold_event(life: CommandLife, seq: int, event: Envelope, state: RegistryState) -> None:
+    """Fold the command's next event (in log order) into ``life``.
+
+    Approvals count only if :func:`check_approval` accepts them and they came after the approval
+    request and before the command was decided, and were signed before the request expired;
+    decisions (request, start, outcome, denial) count only if the runtime signed them. Every
+    rule is judged at the event's own position, so folding event by event as the log grows gives
+    the same life as folding the whole history at once.
+    """
+    command_id = life.command_id
+    life.events.append((seq, event))
+    life.last_seq = max(life.last_seq, seq)
+    kind = event.type
+    if kind in RUNTIME_DECISIONS and not _by_runtime(state, event, seq):
+        return  # only the runtime decides: a forged decision changes nothing
+    if kind == "command.proposed":
+        if life.proposal is None and event.id == command_id:
+            life.proposal, life.proposal_seq = event, seq
+            life.definition = state.command_at(str(event.body.get("command")), seq)
+    elif kind == "command.approval_requested":
+        if not life.requested_at_seq:
+            life.requested_at_seq = seq
+            expires = event.body.get("expires_at")
+            life.approval_expires_at = expires if isinstance(expires, int) else None
+    elif kind in ("command.approved", "command.rejected"):
+        if life.proposal is None or life.definition is None or not life.requested_at_seq or life.decided:
+            return
+        if event.id in life.approval_ids or signed_late(life, event):
+            return
+        check = check_approval(state, life.proposal, life.definition, event, seq)
+        if isinstance(check, Denial):
+            return
+        life.approval_ids.add(event.id)
+        if check.approve:
+            life.approvals.setdefault(check.principal, seq)
+        elif life.rejected_by is None:
+            life.rejected_by = check.principal
+    elif kind == "command.started":
+        life.started_seq = seq
+        life.starts += 1
+    elif kind in ("command.succeeded", "command.failed") or (
+        kind == "command.denied" and event.cause == command_id and life.terminal is None
+    ):
+        life.terminal, life.terminal_seq = event, seq
