@@ -35,6 +35,17 @@ async def test_auto_command_runs_once_and_reports(world: World, dispatcher: Disp
     assert types(await world.command_events(proposal.id)) == ["proposed", "started", "succeeded"]
 
 
+async def test_a_start_is_stamped_with_the_time_its_proposal_was_judged_at(world: World, tmp_path: Path) -> None:
+    """The audit re-judges the proposal's expiry at the start's ``at``: it must be the dispatcher's
+    time of judgement, not a later moment (a proposal expiring in between would look expired)."""
+    judged_at = now_ms()
+    async with Dispatcher(world.bus, world.runtime, Executors(tmp_path / "ws"), clock=lambda: judged_at):
+        proposal = await world.propose("echo", {"text": "on time"})
+        await world.wait_terminal(proposal.id)
+    started = next(e for e in await world.command_events(proposal.id) if e.type == "command.started")
+    assert started.at == judged_at
+
+
 async def test_sandboxed_command_writes_only_its_workspace(
     world: World, dispatcher: Dispatcher, tmp_path: Path
 ) -> None:

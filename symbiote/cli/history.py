@@ -88,6 +88,10 @@ def replay_command(
 
 def audit_command(
     html: Annotated[Path | None, typer.Option("--html", help="Also write a report for people to FILE")] = None,
+    grace: Annotated[
+        float,
+        typer.Option("--grace", min=0, help="Seconds an event may wait for a signed checkpoint before that fails"),
+    ] = 60.0,
     data_dir: DataDirOpt = None,
     nats_url: NatsOpt = None,
     as_json: JsonOpt = False,
@@ -97,7 +101,7 @@ def audit_command(
 
     async def go() -> AuditReport:
         async with _bus(home, nats_url, start_if_down=True) as bus:
-            return await audit(bus, checkpoint_dir=home.checkpoints_dir)
+            return await audit(bus, checkpoint_dir=home.checkpoints_dir, uncovered_grace_s=grace)
 
     report = _run(go)
     if as_json:

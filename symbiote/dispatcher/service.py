@@ -310,14 +310,15 @@ class Dispatcher(Service):
         self, cid: str, proposal: Envelope, proposal_seq: int, last_seq: int, delivery: Delivery | None
     ) -> None:
         state = self.registry.state
-        definition, denial = check_proposal(state, proposal, proposal_seq, self.clock())
+        now = self.clock()  # the start is stamped with the time the proposal was judged at
+        definition, denial = check_proposal(state, proposal, proposal_seq, now)
         if denial is not None:
             await self._note(cid, denial.reason, denial.detail, terminal=True, expect=last_seq)
             return
         assert definition is not None
         policy = definition.approval
         if policy.mode == "none":
-            await self._execute(proposal, definition, last_seq, delivery)
+            await self._execute(proposal, definition, last_seq, delivery, at=now)
             return
         approvers = eligible_approvers(state, policy, proposal_seq)
         if len(approvers) < policy.quorum:
@@ -359,6 +360,7 @@ class Dispatcher(Service):
         delivery: Delivery | None,
         *,
         rerun: bool = False,
+        at: int | None = None,
     ) -> None:
         """Claim with ``command.started`` (only one writer can), run, publish the outcome."""
         cid = proposal.id
@@ -370,6 +372,7 @@ class Dispatcher(Service):
                 {"command_id": cid, "sandbox": self.executors.sandbox_info(definition)},
                 corr=proposal.corr,
                 cause=cid,
+                at=at,
             )
         )
         ack = await self.bus.publish(started, expect_last_seq=last_seq, expect_subject=subject)
