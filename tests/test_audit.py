@@ -211,6 +211,27 @@ async def test_a_command_run_without_its_approval_is_named(world: World) -> None
     assert story.problems and "no approval" in story.problems[0]
 
 
+async def test_an_audit_keeping_one_command_in_memory_finds_the_same(world: World) -> None:
+    """Commands interleave; the auditor keeps one history and reads the others back from NATS."""
+    w = world
+    sources = [w.text(f"echo {i}") for i in range(4)]
+    echoes = [w.proposal(s, "echo", {"text": str(i)}) for i, s in enumerate(sources)]
+    risky_in = w.text("remove it all")
+    risky = w.proposal(risky_in, "shell.run", {"argv": ["rm", "-rf", "/"]})
+    events = [*sources, risky_in, *echoes, risky]
+    events += [w.runtime_event("command.started", p, sandbox={"backend": "inprocess"}) for p in echoes]
+    events.append(w.runtime_event("command.started", risky, sandbox={"backend": "bwrap"}))  # no approval
+    output = {"text": "x"}
+    events += [w.runtime_event("command.succeeded", p, exit_code=0, output=output, duration_ms=1) for p in echoes]
+    events.append(w.runtime_event("command.started", echoes[0], sandbox={"backend": "inprocess"}))  # again
+    seqs = [await w.send(e) for e in events]
+    full = await audit(w.bus, checkpoint_dir=None)
+    tiny = await audit(w.bus, checkpoint_dir=None, cache_size=1, batch=3)
+    assert [f.as_map() for f in tiny.findings] == [f.as_map() for f in full.findings]
+    policy = [(f.seq, f.command_id) for f in full.failures if f.kind == "policy"]
+    assert policy == [(seqs[-6], risky.id), (seqs[-1], echoes[0].id)], full.findings
+
+
 async def test_a_command_run_on_an_approval_signed_after_the_expiry_is_named(world: World) -> None:
     w = world
     source = w.text("list the disk")

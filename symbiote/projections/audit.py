@@ -27,7 +27,8 @@ import bisect
 import contextlib
 import html
 import json
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +39,7 @@ from symbiote.bus.ids import is_event_id, now_ms
 from symbiote.bus.stream import Bus, StoredMsg
 from symbiote.errors import ConfigError, DecodeError
 from symbiote.projections.checkpoints import CheckpointRecord, compute_root, load_checkpoint_files
-from symbiote.projections.fold import command_id_of, jsonable
+from symbiote.projections.fold import command_histories, command_id_of, jsonable
 from symbiote.projections.verify import (
     CHECKPOINT_SUBJECT,
     CachedKeyring,
@@ -216,8 +217,14 @@ def judge_execution(
 
 
 class _Auditor:
-    def __init__(self, report: AuditReport) -> None:
+    """The ordered pass. It keeps the events of the ``cache_size`` most recently active commands;
+    an older command that goes on is read back from the stream (:meth:`prepare`), so memory for
+    command histories stays bounded however long the log is."""
+
+    def __init__(self, report: AuditReport, bus: Bus | None = None, *, cache_size: int = 10_000) -> None:
         self.report = report
+        self.bus = bus
+        self.cache_size = cache_size
         self.keyring = CachedKeyring()
         self.state = RegistryState(keyring=self.keyring)
         self.expected = 1
@@ -227,7 +234,8 @@ class _Auditor:
         self.entry_times: list[int] = []  # when the server stored each entry (ms; 0 if unknown)
         self.checkpoint_msgs: dict[int, bytes] = {}
         self.gaps: list[tuple[int, int]] = []
-        self.lives: dict[str, list[tuple[int, Envelope]]] = {}
+        self.lives: OrderedDict[str, list[tuple[int, Envelope]]] = OrderedDict()
+        self.evicted: set[str] = set()
         self.seen_ids: dict[str, int] = {}
         self._counts: dict[str, int] = {}
 
@@ -240,6 +248,21 @@ class _Auditor:
             self.report.findings.append(finding)
 
     # -- the ordered pass -------------------------------------------------------------------
+    async def prepare(self, batch: Sequence[Decoded]) -> None:
+        """Read back the histories of the evicted commands that go on in ``batch``."""
+        wanted = list(dict.fromkeys(cid for item in batch if (cid := command_id_of(item.subject)) in self.evicted))
+        if not wanted or self.bus is None:
+            return
+        for cid, events in (await command_histories(self.bus, wanted, batch[0].seq)).items():
+            self.lives[cid] = events
+            self.evicted.discard(cid)
+
+    def evict(self) -> None:
+        """Forget the histories of the least recently active commands beyond ``cache_size``."""
+        while len(self.lives) > self.cache_size:
+            cid, _ = self.lives.popitem(last=False)
+            self.evicted.add(cid)
+
     def message(self, item: Decoded, stored_ms: int = 0) -> None:
         report = self.report
         seq = item.seq
@@ -358,7 +381,11 @@ class _Auditor:
             )
 
     def _command_event(self, cid: str, event: Envelope, seq: int) -> None:
-        before = self.lives.setdefault(cid, [])
+        before = self.lives.get(cid)
+        if before is None:
+            before = self.lives[cid] = []
+        else:
+            self.lives.move_to_end(cid)
         if event.type == "command.started":
             self.report.commands_executed += 1
             for problem in judge_execution(self.state, cid, before, event, seq):
@@ -599,14 +626,16 @@ async def audit(
     progress: Callable[[int, int], None] | None = None,
     batch: int = 2048,
     uncovered_grace_s: float = 60.0,
+    cache_size: int = 10_000,
 ) -> AuditReport:
     """Re-verify the whole log (see the module doc); ``progress(seq, last_seq)`` is called per batch.
 
     Events that no checkpoint covers fail the audit once they were stored more than
-    ``uncovered_grace_s`` before it began; more recent ones are noted.
+    ``uncovered_grace_s`` before it began; more recent ones are noted. The histories of the
+    ``cache_size`` most recently active commands are kept in memory (older ones are read back).
     """
     report = AuditReport(checked_at=now_ms(), checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None)
-    auditor = _Auditor(report)
+    auditor = _Auditor(report, bus, cache_size=cache_size)
     # the files first: one the runtime files while the log is read covers messages the audit may
     # not reach, and would look like a cut-off tail
     outside = load_checkpoint_files(checkpoint_dir) if checkpoint_dir is not None else None
@@ -621,8 +650,10 @@ async def audit(
         async def flush() -> None:
             decoded = await checker.decode(chunk)
             auditor.keyring.remember(decoded)
+            await auditor.prepare(decoded)
             for msg, item in zip(chunk, decoded, strict=True):
                 auditor.message(item, msg.time_ms)
+            auditor.evict()
             if progress is not None and chunk:
                 progress(chunk[-1].seq, report.stream_last_seq)
             chunk.clear()

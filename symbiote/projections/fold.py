@@ -42,6 +42,7 @@ __all__ = [
     "Folder",
     "MemoryRow",
     "Rows",
+    "command_histories",
     "command_id_of",
     "jsonable",
     "outcome_text",
@@ -156,6 +157,25 @@ def outcome_text(command: str, args: Any, kind: str, body: dict[str, Any]) -> st
     status = "succeeded" if kind == "command.succeeded" else f"failed (exit {body.get('exit_code')})"
     shown_args = json.dumps(jsonable(args), ensure_ascii=False, sort_keys=True)
     return pg_text(f"{command} {shown_args} {status}: {said.strip()}")[:2000]
+
+
+async def command_histories(bus: Bus, ids: Sequence[str], before: int) -> dict[str, list[tuple[int, Envelope]]]:
+    """The decodable events of each command in ``ids`` stored before ``before``, read from the stream."""
+    limit = asyncio.Semaphore(32)
+
+    async def load(cid: str) -> list[tuple[int, Envelope]]:
+        events: list[tuple[int, Envelope]] = []
+        subject = f"sym.cmd.{cid}.>"
+        async with limit:
+            msg = await bus.next_after(subject, 1)
+            while msg is not None and msg.seq < before:
+                with contextlib.suppress(DecodeError):  # unreadable: not part of the command's history
+                    events.append((msg.seq, from_wire(msg.data)))
+                msg = await bus.next_after(subject, msg.seq + 1)
+        return events
+
+    found = await asyncio.gather(*(load(cid) for cid in ids))
+    return dict(zip(ids, found, strict=True))
 
 
 @dataclass(slots=True)
@@ -295,23 +315,8 @@ class Folder:
                         self._tracks[cid] = _Track(CommandLife(cid))  # nothing before the origin: start empty
         if not wanted:
             return
-        bus = self.bus
-        limit = asyncio.Semaphore(32)
-
-        async def load(cid: str) -> _Track:
-            events: list[tuple[int, Envelope]] = []
-            subject = f"sym.cmd.{cid}.>"
-            async with limit:
-                msg = await bus.next_after(subject, 1)
-                while msg is not None and msg.seq < first:
-                    with contextlib.suppress(DecodeError):  # unreadable: not part of the command's history
-                        events.append((msg.seq, from_wire(msg.data)))
-                    msg = await bus.next_after(subject, msg.seq + 1)
-            return _Track(fold_command(cid, events, self.state))
-
-        tracks = await asyncio.gather(*(load(cid) for cid in wanted))
-        for cid, track in zip(wanted, tracks, strict=True):
-            self._tracks[cid] = track
+        for cid, events in (await command_histories(self.bus, wanted, first)).items():
+            self._tracks[cid] = _Track(fold_command(cid, events, self.state))
             self._evicted.discard(cid)
 
     # -- folding ----------------------------------------------------------------------------
