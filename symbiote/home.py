@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,30 @@ class DataDir:
         if isinstance(pid, int) and not _alive(pid):
             return None
         return data if isinstance(data, dict) else None
+
+    @property
+    def nats_token_file(self) -> Path:
+        return self.root / "nats.token"
+
+    def nats_token(self) -> str:
+        """The embedded nats-server's authorization token (made once, kept in a 0600 file)."""
+        path = self.nats_token_file
+        try:
+            token = path.read_text().strip()
+        except FileNotFoundError:
+            token = ""
+        except OSError as exc:
+            raise ConfigError("cannot read the NATS token", path=str(path), error=str(exc)) from exc
+        if token:
+            return token
+        self.root.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, (token + "\n").encode())
+        finally:
+            os.close(fd)
+        return token
 
     def write_runtime(self, data: dict[str, Any]) -> None:
         tmp = self.runtime_file.with_suffix(".tmp")

@@ -89,13 +89,15 @@ class Runtime:
         problems = BubblewrapSandbox().preflight()
         if problems:
             log.warning("sandbox.preflight", problems=problems, note="sandboxed commands will fail closed")
+        token: str | None = None
         if self.options.nats_url:
             self.nats_url = self.options.nats_url
-        else:
-            nats = NatsServer(NatsServerConfig(store_dir=self.home.nats_dir))
+        else:  # only holders of the data dir's token may use the embedded server
+            token = self.home.nats_token()
+            nats = NatsServer(NatsServerConfig(store_dir=self.home.nats_dir, token=token))
             await stack.enter_async_context(nats)
             self.nats_url = nats.url
-        self.bus = await Bus.connect(self.nats_url, name="symbiote-runtime")
+        self.bus = await Bus.connect(self.nats_url, name="symbiote-runtime", token=token)
         stack.push_async_callback(self.bus.close)
         await self.bus.ensure_stream(replicas=self.options.stream_replicas)
         report = await initialize(self.bus, self.home, name=self.options.name)
@@ -142,7 +144,13 @@ class Runtime:
             self.extras["api"] = api
         tune_gc()
         self.home.write_runtime(
-            {"nats_url": self.nats_url, "postgres_dsn": self.postgres_dsn, "api_url": self.api_url, "pid": os.getpid()}
+            {
+                "nats_url": self.nats_url,
+                "nats_token": token is not None,  # the token itself stays in its own 0600 file
+                "postgres_dsn": self.postgres_dsn,
+                "api_url": self.api_url,
+                "pid": os.getpid(),
+            }
         )
         stack.callback(self.home.clear_runtime)
         log.info("runtime.up", nats_url=self.nats_url, postgres_dsn=self.postgres_dsn, api_url=self.api_url)

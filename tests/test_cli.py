@@ -82,9 +82,13 @@ def test_init_twice_changes_nothing(tmp_path: Path) -> None:
 def test_up_say_events_keys_and_clean_stop(running: tuple[Path, subprocess.Popen[str]], tmp_path: Path) -> None:
     data_dir, proc = running
     runtime = json.loads((data_dir / "runtime.json").read_text())
-    assert set(runtime) == {"nats_url", "postgres_dsn", "api_url", "pid"}
+    assert set(runtime) == {"nats_url", "nats_token", "postgres_dsn", "api_url", "pid"}
     assert runtime["nats_url"].startswith("nats://127.0.0.1:") and runtime["pid"] == proc.pid
     assert runtime["postgres_dsn"].startswith("postgresql://")
+    # the embedded nats-server serves only holders of the data dir's token (a 0600 file)
+    assert runtime["nats_token"] is True and (data_dir / "nats.token").stat().st_mode & 0o077 == 0
+    stranger = cli(data_dir, "events", "--nats-url", runtime["nats_url"], check=False, timeout=30)
+    assert stranger.returncode == 1 and "Authorization" in stranger.stdout + stranger.stderr
 
     said = cli(data_dir, "say", "echo hello cli", "--wait", "--json")
     lines = [json.loads(line) for line in said.stdout.splitlines()]

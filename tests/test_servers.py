@@ -19,7 +19,8 @@ import nats
 import pytest
 
 from symbiote.bus.server import NatsServer, NatsServerConfig
-from symbiote.errors import ServerStartError
+from symbiote.bus.stream import Bus
+from symbiote.errors import BusError, ServerStartError
 from symbiote.projections.pgserver import PostgresServer, PostgresServerConfig
 
 # --------------------------------------------------------------------------
@@ -158,6 +159,19 @@ async def test_nats_sync_always_can_be_turned_off(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
+async def test_nats_with_a_token_serves_only_its_holders(tmp_path: Path) -> None:
+    async with NatsServer(NatsServerConfig(store_dir=tmp_path / "nats", token="s3cret")) as server:
+        for token in (None, "wrong"):
+            with pytest.raises(BusError, match="refused"):
+                await asyncio.wait_for(Bus.connect(server.url, token=token), 10)
+        bus = await Bus.connect(server.url, token="s3cret")
+        try:
+            await bus.ensure_stream()
+            assert await bus.last_seq() == 0
+        finally:
+            await bus.close()
+
+
 async def test_nats_restart_keeps_port_messages_and_consumers(tmp_path: Path) -> None:
     async with NatsServer(NatsServerConfig(store_dir=tmp_path)) as server:
         url = server.url

@@ -340,7 +340,9 @@ class NatsServerConfig:
     :meth:`NatsServer.restart`.  ``http_port`` enables the monitoring endpoint
     on ``host`` (``0`` = pick a free port, ``None`` = disabled).
     ``sync_always=True`` sets JetStream ``sync_interval: always`` so that an
-    acknowledged publish is fsynced to disk.
+    acknowledged publish is fsynced to disk.  With ``token``, clients must
+    present it (``Bus.connect(url, token=...)``): no other local process can
+    publish, read or delete messages.
     """
 
     store_dir: Path
@@ -350,6 +352,7 @@ class NatsServerConfig:
     max_payload: int = 1 * 1024 * 1024
     http_port: int | None = None
     server_name: str = "symbiote"
+    token: str | None = None
 
 
 def _conf_str(value: str) -> str:
@@ -463,6 +466,8 @@ class NatsServer(ManagedServer):
         if cfg.http_port is not None:
             http = self._http_port if self._http_port is not None else -1
             lines.append(f"http: {_conf_str(_host_port(cfg.host, http))}")
+        if cfg.token is not None:
+            lines.append(f"authorization {{ token: {_conf_str(cfg.token)} }}")
         lines.append("jetstream {")
         lines.append(f"  store_dir: {_conf_str(str(cfg.store_dir))}")
         if cfg.sync_always:
@@ -541,7 +546,10 @@ class NatsServer(ManagedServer):
                 return False
             if json.loads(line[5:]).get("jetstream") is not True:
                 return False
-            conn.write(b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n')
+            hello: dict[str, Any] = {"verbose": False, "pedantic": False}
+            if self.config.token is not None:
+                hello["auth_token"] = self.config.token
+            conn.write(b"CONNECT " + json.dumps(hello).encode() + b"\r\nPING\r\n")
             await conn.drain()
             return (await asyncio.wait_for(reader.readline(), 2.0)).strip() == b"PONG"
         except (OSError, TimeoutError, ValueError):

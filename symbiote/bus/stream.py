@@ -28,6 +28,7 @@ from symbiote.bus.envelope import Envelope
 from symbiote.bus.events import subject_for
 from symbiote.bus.reader import StoredMsg, raise_if_cancelling, read_ordered
 from symbiote.errors import BusError, ConflictError
+from symbiote.lifecycle import cancel_and_wait
 
 __all__ = [
     "DEFAULT_STREAM",
@@ -94,24 +95,52 @@ class Bus:
         self.stream = stream
 
     @classmethod
-    async def connect(cls, url: str, *, name: str = "symbiote", stream: str = DEFAULT_STREAM) -> Bus:
+    async def connect(
+        cls, url: str, *, name: str = "symbiote", stream: str = DEFAULT_STREAM, token: str | None = None
+    ) -> Bus:
         """Connect (reconnecting forever on loss) and return a bus; the stream is not created here.
 
-        ``url`` may list several servers of a cluster separated by commas.
+        ``url`` may list several servers of a cluster separated by commas; ``token`` is the
+        server's authorization token, if it wants one.
         """
-        try:
-            nc = await nats.connect(
+        nc = Client()
+        refused: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
+
+        async def on_error(exc: Exception) -> None:
+            # nats-py retries a refused first connection forever: give up at once instead
+            if not nc.is_connected and "authorization" in str(exc).lower() and not refused.done():
+                refused.set_result(exc)
+            await _log_error(exc)
+
+        connecting = asyncio.create_task(
+            nc.connect(
                 [part.strip() for part in url.split(",") if part.strip()],  # a cluster: a,b,c
                 name=name,
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=0.25,
+                reconnect_time_wait=0.25,  # type: ignore[arg-type]  # seconds; nats-py annotates int
                 connect_timeout=5,
                 allow_reconnect=True,
-                error_cb=_log_error,
+                error_cb=on_error,
                 disconnected_cb=_log_disconnected,
+                token=token,
             )
-        except (OSError, nats.errors.Error) as exc:
-            raise BusError("cannot connect to NATS", url=url, error=str(exc)) from exc
+        )
+        try:
+            waiters: list[asyncio.Future[Any]] = [connecting, refused]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not connecting.done():
+                await cancel_and_wait([connecting])
+                with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+                    await nc.close()
+        if not connecting.done() or connecting.cancelled():  # refused
+            reason = str(refused.result())
+            raise BusError("NATS refused the connection (a missing or wrong token?)", url=url, error=reason)
+        error = connecting.exception()
+        if isinstance(error, (OSError, nats.errors.Error)):
+            raise BusError("cannot connect to NATS", url=url, error=str(error)) from error
+        if error is not None:
+            raise error
         return cls(nc, stream=stream)
 
     async def close(self) -> None:

@@ -79,9 +79,13 @@ def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
 @asynccontextmanager
 async def _bus(home: DataDir, nats_url: str | None, *, start_if_down: bool = False) -> AsyncIterator[Bus]:
     """A bus connected to ``--nats-url``, the running runtime, or (for init) a temporary server."""
-    url = nats_url or (home.read_runtime() or {}).get("nats_url")
+    runtime = home.read_runtime() or {}
+    url = nats_url or runtime.get("nats_url")
     if url:
-        bus = await Bus.connect(str(url), name="symbiote-cli")
+        # the running runtime's embedded server wants the data dir's token; --nats-url may carry
+        # its own credentials (nats://TOKEN@host:port)
+        token = home.nats_token() if not nats_url and runtime.get("nats_token") else None
+        bus = await Bus.connect(str(url), name="symbiote-cli", token=token)
         try:
             yield bus
         finally:
@@ -90,8 +94,9 @@ async def _bus(home: DataDir, nats_url: str | None, *, start_if_down: bool = Fal
     if not start_if_down:
         raise SymbioteError("the runtime is not up: run `symbiote up` (or pass --nats-url)", data_dir=str(home.root))
     home.ensure()
-    async with NatsServer(NatsServerConfig(store_dir=home.nats_dir)) as server:
-        bus = await Bus.connect(server.url, name="symbiote-cli")
+    token = home.nats_token()
+    async with NatsServer(NatsServerConfig(store_dir=home.nats_dir, token=token)) as server:
+        bus = await Bus.connect(server.url, name="symbiote-cli", token=token)
         try:
             yield bus
         finally:
