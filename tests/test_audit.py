@@ -357,6 +357,16 @@ async def test_a_forged_request_body_does_not_break_why(world: World) -> None:
     assert not step.ok and "of 5" in step.text
 
 
+async def test_a_log_of_another_owner_is_named(world: World) -> None:
+    w = world
+    await w.send(w.text("hello"))
+    mine = await audit(w.bus, checkpoint_dir=None, owner_kid=w.owner.kid)
+    assert not [f for f in mine.findings if f.kind == "owner"]
+    other = await audit(w.bus, checkpoint_dir=None, owner_kid=SigningKey.generate("owner:me").kid)
+    first = other.first_failure
+    assert first is not None and (first.seq, first.kind) == (1, "owner"), other.findings
+
+
 async def test_revoking_a_key_twice_is_a_note(world: World) -> None:
     w = world
     phone = SigningKey.generate("user:phone")

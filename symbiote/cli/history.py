@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from symbiote.cli.common import DataDirOpt, JsonOpt, NatsOpt, _bus, _home, _run, cell, console, err, plain
-from symbiote.errors import ConfigError
+from symbiote.errors import ConfigError, KeyFileError
 from symbiote.home import DataDir
 from symbiote.projections.audit import AuditReport, audit, why, write_html
 from symbiote.projections.replay import ReplayReport, replay
@@ -99,9 +99,14 @@ def audit_command(
     """Re-verify every signature, policy decision and checkpoint of the log; exit 1 if anything fails."""
     home = _home(data_dir)
 
+    try:  # the log must be this installation's: its owner key is one of the log's owner keys
+        owner_kid: str | None = home.load_key("owner").kid
+    except (ConfigError, KeyFileError):  # no owner key here, or it is encrypted and no passphrase is set
+        owner_kid = None
+
     async def go() -> AuditReport:
         async with _bus(home, nats_url, start_if_down=True) as bus:
-            return await audit(bus, checkpoint_dir=home.checkpoints_dir, uncovered_grace_s=grace)
+            return await audit(bus, checkpoint_dir=home.checkpoints_dir, uncovered_grace_s=grace, owner_kid=owner_kid)
 
     report = _run(go)
     if as_json:

@@ -448,6 +448,21 @@ class _Auditor:
         self.add(Finding(seq, "fail", "checkpoint", text, record.event_id))
 
 
+def _check_owner(auditor: _Auditor, owner_kid: str) -> None:
+    owners = [entry for entry in auditor.state.keyring.keys.values() if entry.role == "owner"]
+    if owners and owner_kid not in {entry.kid for entry in owners}:
+        first = min(owners, key=lambda entry: entry.registered_seq)
+        auditor.add(
+            Finding(
+                first.registered_seq,
+                "fail",
+                "owner",
+                f"none of the log's owner keys ({first.principal} first) is this installation's owner key "
+                f"({owner_kid}): the log was written for someone else, or replaced",
+            )
+        )
+
+
 def _signature_words(event: Envelope, verdict: Verdict) -> str:
     reason = verdict.reason
     if reason == "unknown_key":
@@ -627,12 +642,15 @@ async def audit(
     batch: int = 2048,
     uncovered_grace_s: float = 60.0,
     cache_size: int = 10_000,
+    owner_kid: str | None = None,
 ) -> AuditReport:
     """Re-verify the whole log (see the module doc); ``progress(seq, last_seq)`` is called per batch.
 
     Events that no checkpoint covers fail the audit once they were stored more than
     ``uncovered_grace_s`` before it began; more recent ones are noted. The histories of the
     ``cache_size`` most recently active commands are kept in memory (older ones are read back).
+    ``owner_kid``, this installation's owner key, must be among the log's owner keys: a whole log
+    replaced by one that someone else's owner key signed fails even where no checkpoint file is.
     """
     report = AuditReport(checked_at=now_ms(), checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None)
     auditor = _Auditor(report, bus, cache_size=cache_size)
@@ -672,6 +690,8 @@ async def audit(
     if report.stream_last_seq > auditor.last_present:
         auditor._gap(auditor.last_present + 1, report.stream_last_seq)
     _check_checkpoints(auditor, report, outside, uncovered_grace_s)
+    if owner_kid is not None:
+        _check_owner(auditor, owner_kid)
     if report.messages and not report.checkpoints and checkpoint_dir is not None and not report.checkpoint_files:
         auditor.add(Finding(None, "warn", "no_checkpoints", "there are no signed checkpoints yet"))
     report.findings.sort(key=lambda f: (f.seq is None, f.seq or 0, f.severity != "fail"))
@@ -883,6 +903,7 @@ _KIND_WORDS = {
     "malformed": "Badly formed event",
     "subject": "Event filed in the wrong place",
     "unknown_type": "Unknown kind of event",
+    "owner": "Not this installation's log",
 }
 
 
