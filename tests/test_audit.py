@@ -336,7 +336,7 @@ async def test_damaged_checkpoint_files_are_findings(world: World) -> None:
     (folder / "000000000101.json").write_text("[" * 100_000 + "]" * 100_000)
     (folder / "000000000102.json").write_text('["not", "a", "map"]')
     report = await audit(w.bus, checkpoint_dir=folder)
-    damaged = sorted(str(f.message).split(":")[0] for f in report.failures if f.kind == "checkpoint_file")
+    damaged = sorted(f.message.split(" (")[0] for f in report.failures if f.kind == "checkpoint_file")
     assert damaged == ["000000000100.json", "000000000101.json", "000000000102.json"], report.findings
     assert report.checkpoints == 1 and report.checkpoint_files == 1
 
@@ -402,8 +402,37 @@ async def test_projections_service_checkpoints_on_schedule_and_when_idle(world: 
     finally:
         await conn.close()
     assert [r["seq"] for r in rows] == [int(f.stem) for f in files]
-    report = await audit(w.bus, checkpoint_dir=w.home.checkpoints_dir)
-    assert report.ok and report.findings == []
+    await w.send(w.text("one more"))
+    assert await w.checkpointer(dsn=pg_dsn).checkpoint_now() is not None
+    rows = await _rows(pg_dsn, "SELECT seq FROM audit_checkpoints ORDER BY seq")
+    report = await audit(w.bus, checkpoint_dir=w.home.checkpoints_dir, checkpoint_dsn=pg_dsn)
+    assert report.ok and report.findings == [] and report.checkpoint_rows == len(rows) >= 2
+    # the copy in PostgreSQL edited (another checkpoint's signed bytes), and one deleted
+    first, second = rows[0]["seq"], rows[1]["seq"]
+    conn = await connect(pg_dsn)
+    try:
+        await conn.execute(
+            "UPDATE audit_checkpoints SET wire = (SELECT wire FROM audit_checkpoints WHERE seq = $2) WHERE seq = $1",
+            first,
+            second,
+        )
+        report = await audit(w.bus, checkpoint_dir=w.home.checkpoints_dir, checkpoint_dsn=pg_dsn)
+        found = {(f.seq, f.kind, f.severity) for f in report.findings}
+        assert (None, "checkpoint_file", "fail") in found and not report.ok  # columns and bytes disagree
+        await conn.execute("DELETE FROM audit_checkpoints WHERE seq = $1", first)
+    finally:
+        await conn.close()
+    report = await audit(w.bus, checkpoint_dir=w.home.checkpoints_dir, checkpoint_dsn=pg_dsn)
+    assert report.ok, report.summary()  # PostgreSQL may lag behind the files: a missing row is a note
+    assert [(f.seq, f.kind, f.severity) for f in report.findings] == [(first, "unfiled_checkpoint", "warn")]
+
+
+async def _rows(dsn: str, query: str) -> list[Any]:
+    conn = await connect(dsn)
+    try:
+        return list(await conn.fetch(query))
+    finally:
+        await conn.close()
 
 
 # -- the command line -----------------------------------------------------------------------------

@@ -94,9 +94,13 @@ def audit_command(
     ] = 60.0,
     data_dir: DataDirOpt = None,
     nats_url: NatsOpt = None,
+    postgres_dsn: PostgresOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Re-verify every signature, policy decision and checkpoint of the log; exit 1 if anything fails."""
+    """Re-verify every signature, policy decision and checkpoint of the log; exit 1 if anything fails.
+
+    The checkpoints are compared with their files, and with their copies in PostgreSQL when it is
+    known (``--postgres-dsn``, or the running runtime's)."""
     home = _home(data_dir)
 
     try:  # the log must be this installation's: its owner key is one of the log's owner keys
@@ -106,7 +110,13 @@ def audit_command(
 
     async def go() -> AuditReport:
         async with _bus(home, nats_url, start_if_down=True) as bus:
-            return await audit(bus, checkpoint_dir=home.checkpoints_dir, uncovered_grace_s=grace, owner_kid=owner_kid)
+            return await audit(
+                bus,
+                checkpoint_dir=home.checkpoints_dir,
+                uncovered_grace_s=grace,
+                owner_kid=owner_kid,
+                checkpoint_dsn=postgres_dsn or (home.read_runtime() or {}).get("postgres_dsn"),
+            )
 
     report = _run(go)
     if as_json:
@@ -129,7 +139,8 @@ def _print_audit(report: AuditReport) -> None:
     console.print(
         f"{report.messages} events (seq {report.stream_first_seq}–{report.stream_last_seq}), "
         f"{report.signatures_checked} signatures, {report.commands_executed} executions, "
-        f"{report.checkpoints} checkpoints ({report.checkpoint_files} files), covered through seq "
+        f"{report.checkpoints} checkpoints ({report.checkpoint_files} files, {report.checkpoint_rows} rows in "
+        f"PostgreSQL), covered through seq "
         f"{report.covered_through}"
     )
     if report.findings:

@@ -38,7 +38,12 @@ from symbiote.bus.events import BODY_TYPES, parse_body, subject_for
 from symbiote.bus.ids import is_event_id, now_ms
 from symbiote.bus.stream import Bus, StoredMsg
 from symbiote.errors import ConfigError, DecodeError
-from symbiote.projections.checkpoints import CheckpointRecord, compute_root, load_checkpoint_files
+from symbiote.projections.checkpoints import (
+    CheckpointRecord,
+    compute_root,
+    load_checkpoint_files,
+    load_checkpoint_rows,
+)
 from symbiote.projections.fold import command_histories, command_id_of, jsonable
 from symbiote.projections.verify import (
     CHECKPOINT_SUBJECT,
@@ -56,6 +61,7 @@ from symbiote.signers.keyring import Verdict
 __all__ = [
     "EXPECTED_ROLES",
     "AuditReport",
+    "CheckpointCopies",
     "CommandStory",
     "Finding",
     "Step",
@@ -123,6 +129,7 @@ class AuditReport:
     commands_executed: int = 0
     checkpoints: int = 0
     checkpoint_files: int = 0
+    checkpoint_rows: int = 0  # copies in PostgreSQL compared (0 when not asked for)
     covered_through: int = 0
     checkpoint_dir: str | None = None
     checked_at: int = 0
@@ -167,6 +174,7 @@ class AuditReport:
             "commands_executed": self.commands_executed,
             "checkpoints": self.checkpoints,
             "checkpoint_files": self.checkpoint_files,
+            "checkpoint_rows": self.checkpoint_rows,
             "covered_through": self.covered_through,
             "checkpoint_dir": self.checkpoint_dir,
             "checked_at": self.checked_at,
@@ -483,11 +491,18 @@ def _verify_record(auditor: _Auditor, record: CheckpointRecord, event: Envelope)
     return None
 
 
+@dataclass
+class CheckpointCopies:
+    """The checkpoints kept in one place outside NATS (files, or PostgreSQL rows), as loaded."""
+
+    where: str  # "in the files", "in PostgreSQL"
+    records: list[CheckpointRecord]
+    problems: list[tuple[str, str]]  # (file or row, what is wrong with it)
+    required: bool = True  # a checkpoint without a copy here fails (not only the newest)
+
+
 def _check_checkpoints(
-    auditor: _Auditor,
-    report: AuditReport,
-    outside: tuple[list[CheckpointRecord], list[tuple[str, str]]] | None,
-    uncovered_grace_s: float,
+    auditor: _Auditor, report: AuditReport, outside: list[CheckpointCopies], uncovered_grace_s: float
 ) -> None:
     nats_records: dict[int, CheckpointRecord] = {}
     previous: CheckpointRecord | None = None
@@ -520,85 +535,91 @@ def _check_checkpoints(
         auditor.check_record(record, f"the checkpoint at seq {seq}")
         previous = record
     covered = max((r.last_seq for r in nats_records.values()), default=0)
-    files: list[CheckpointRecord] = []
-    if outside is not None:
-        files, problems = outside
-        for name, problem in problems:
-            auditor.add(Finding(None, "fail", "checkpoint_file", f"{name}: {problem}"))
-        report.checkpoint_files = len(files)
-        by_seq = {r.seq: r for r in files}
-        file_previous: CheckpointRecord | None = None
-        for record in files:
-            event = from_wire(record.wire)
-            problem = _verify_record(auditor, record, event)
-            if problem is not None:
-                text = f"the checkpoint file for seq {record.seq}: {problem}"
-                auditor.add(Finding(record.seq, "fail", "checkpoint_file", text))
-                continue
-            if file_previous is not None and (
-                record.first_seq != file_previous.last_seq + 1 or record.prev != file_previous.root
-            ):
-                auditor.add(
-                    Finding(
-                        record.seq,
-                        "fail",
-                        "fork",
-                        f"the checkpoint files fork at seq {record.seq}: it does not continue the one at seq "
-                        f"{file_previous.seq}",
-                        record.event_id,
-                    )
-                )
-            file_previous = record
-            in_log = auditor.checkpoint_msgs.get(record.seq)
-            if in_log is None:
-                auditor.add(
-                    Finding(
-                        record.seq,
-                        "fail",
-                        "missing_checkpoint",
-                        f"the checkpoint at seq {record.seq} (covering seqs {record.first_seq}–{record.last_seq}) "
-                        "is kept outside NATS but is missing from the log",
-                        record.event_id,
-                    )
-                )
-                auditor.check_record(record, f"the checkpoint kept outside NATS for seq {record.seq}")
-                covered = max(covered, record.last_seq)
-            elif in_log != record.wire:
-                auditor.add(
-                    Finding(
-                        record.seq,
-                        "fail",
-                        "edited_checkpoint",
-                        f"the checkpoint at seq {record.seq} in the log differs from its copy outside NATS: edited",
-                        record.event_id,
-                    )
-                )
-                auditor.check_record(record, f"the checkpoint kept outside NATS for seq {record.seq}")
-        newest = max(nats_records) if nats_records else None
-        for seq, record in nats_records.items():
-            if seq not in by_seq:
-                auditor.add(
-                    Finding(
-                        seq,
-                        "warn" if seq == newest else "fail",
-                        "unfiled_checkpoint",
-                        f"the checkpoint at seq {seq} has no copy outside NATS",
-                        record.event_id,
-                    )
-                )
-        highest = max((max(r.seq, r.last_seq) for r in files), default=0)
-        if highest > auditor.last_present:
-            auditor.add(
-                Finding(
-                    auditor.last_present + 1,
-                    "fail",
-                    "truncated",
-                    f"the log ends at seq {auditor.last_present}, but checkpoints kept outside NATS show that it "
-                    f"reached at least seq {highest}: its tail was cut off",
-                )
-            )
+    for copies in outside:
+        covered = max(covered, _check_copies(auditor, nats_records, copies))
     report.covered_through = covered
     _check_uncovered(auditor, report, covered, uncovered_grace_s)
+
+
+def _check_copies(auditor: _Auditor, nats_records: dict[int, CheckpointRecord], copies: CheckpointCopies) -> int:
+    """Compare the checkpoints kept in one place outside NATS with the log; return the highest
+    sequence that a copy missing from the log still covers (0 if none)."""
+    where = copies.where
+    covered = 0
+    for name, trouble in copies.problems:
+        auditor.add(Finding(None, "fail", "checkpoint_file", f"{name} ({where}): {trouble}"))
+    by_seq = {r.seq: r for r in copies.records}
+    copy_previous: CheckpointRecord | None = None
+    for record in copies.records:
+        event = from_wire(record.wire)
+        problem = _verify_record(auditor, record, event)
+        if problem is not None:
+            text = f"the copy {where} of the checkpoint at seq {record.seq}: {problem}"
+            auditor.add(Finding(record.seq, "fail", "checkpoint_file", text))
+            continue
+        if copy_previous is not None and (
+            record.first_seq != copy_previous.last_seq + 1 or record.prev != copy_previous.root
+        ):
+            auditor.add(
+                Finding(
+                    record.seq,
+                    "fail",
+                    "fork",
+                    f"the checkpoints kept {where} fork at seq {record.seq}: it does not continue the one at seq "
+                    f"{copy_previous.seq}",
+                    record.event_id,
+                )
+            )
+        copy_previous = record
+        in_log = auditor.checkpoint_msgs.get(record.seq)
+        if in_log is None:
+            auditor.add(
+                Finding(
+                    record.seq,
+                    "fail",
+                    "missing_checkpoint",
+                    f"the checkpoint at seq {record.seq} (covering seqs {record.first_seq}–{record.last_seq}) "
+                    f"is kept {where} but is missing from the log",
+                    record.event_id,
+                )
+            )
+            auditor.check_record(record, f"the checkpoint kept {where} for seq {record.seq}")
+            covered = max(covered, record.last_seq)
+        elif in_log != record.wire:
+            auditor.add(
+                Finding(
+                    record.seq,
+                    "fail",
+                    "edited_checkpoint",
+                    f"the checkpoint at seq {record.seq} in the log differs from its copy {where}: edited",
+                    record.event_id,
+                )
+            )
+            auditor.check_record(record, f"the checkpoint kept {where} for seq {record.seq}")
+    newest = max(nats_records) if nats_records else None
+    for seq, record in nats_records.items():
+        if seq not in by_seq:
+            auditor.add(
+                Finding(
+                    seq,
+                    "fail" if copies.required and seq != newest else "warn",
+                    "unfiled_checkpoint",
+                    f"the checkpoint at seq {seq} has no copy {where}",
+                    record.event_id,
+                )
+            )
+    highest = max((max(r.seq, r.last_seq) for r in copies.records), default=0)
+    if highest > auditor.last_present:
+        auditor.add(
+            Finding(
+                auditor.last_present + 1,
+                "fail",
+                "truncated",
+                f"the log ends at seq {auditor.last_present}, but the checkpoints kept {where} show that it "
+                f"reached at least seq {highest}: its tail was cut off",
+            )
+        )
+    return covered
 
 
 def _check_uncovered(auditor: _Auditor, report: AuditReport, covered: int, grace_s: float) -> None:
@@ -643,6 +664,8 @@ async def audit(
     uncovered_grace_s: float = 60.0,
     cache_size: int = 10_000,
     owner_kid: str | None = None,
+    checkpoint_dsn: str | None = None,
+    checkpoint_schema: str = "public",
 ) -> AuditReport:
     """Re-verify the whole log (see the module doc); ``progress(seq, last_seq)`` is called per batch.
 
@@ -651,12 +674,20 @@ async def audit(
     ``cache_size`` most recently active commands are kept in memory (older ones are read back).
     ``owner_kid``, this installation's owner key, must be among the log's owner keys: a whole log
     replaced by one that someone else's owner key signed fails even where no checkpoint file is.
+    With ``checkpoint_dsn`` the copies in PostgreSQL (``audit_checkpoints``) are compared too.
     """
     report = AuditReport(checked_at=now_ms(), checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None)
     auditor = _Auditor(report, bus, cache_size=cache_size)
-    # the files first: one the runtime files while the log is read covers messages the audit may
+    # the copies first: one the runtime files while the log is read covers messages the audit may
     # not reach, and would look like a cut-off tail
-    outside = load_checkpoint_files(checkpoint_dir) if checkpoint_dir is not None else None
+    outside: list[CheckpointCopies] = []
+    if checkpoint_dir is not None:
+        outside.append(CheckpointCopies("in the files", *load_checkpoint_files(checkpoint_dir)))
+        report.checkpoint_files = len(outside[-1].records)
+    if checkpoint_dsn is not None:  # PostgreSQL may lag (it is written after the file): only a note
+        records, problems = await load_checkpoint_rows(checkpoint_dsn, checkpoint_schema)
+        outside.append(CheckpointCopies("in PostgreSQL", records, problems, required=False))
+        report.checkpoint_rows = len(records)
     state = await bus.stream_state()
     report.stream_first_seq = int(state.first_seq or 0)
     report.stream_last_seq = int(state.last_seq or 0)
@@ -692,7 +723,7 @@ async def audit(
     _check_checkpoints(auditor, report, outside, uncovered_grace_s)
     if owner_kid is not None:
         _check_owner(auditor, owner_kid)
-    if report.messages and not report.checkpoints and checkpoint_dir is not None and not report.checkpoint_files:
+    if report.messages and not report.checkpoints and outside and not any(c.records for c in outside):
         auditor.add(Finding(None, "warn", "no_checkpoints", "there are no signed checkpoints yet"))
     report.findings.sort(key=lambda f: (f.seq is None, f.seq or 0, f.severity != "fail"))
     return report
@@ -976,7 +1007,8 @@ dt {{ font-weight: 600; }}
 <dt>Events in the log</dt><dd>{report.messages} (numbered {report.stream_first_seq} to {report.stream_last_seq})</dd>
 <dt>Signatures checked</dt><dd>{report.signatures_checked}, each against the keys registered at that point</dd>
 <dt>Commands that ran</dt><dd>{report.commands_executed}, each checked against the approval rules in force</dd>
-<dt>Signed checkpoints</dt><dd>{report.checkpoints} in the log, {report.checkpoint_files} copies kept outside it</dd>
+<dt>Signed checkpoints</dt><dd>{report.checkpoints} in the log; copies kept outside it: {report.checkpoint_files}
+in files, {report.checkpoint_rows} in PostgreSQL</dd>
 <dt>Covered by checkpoints</dt><dd>events up to #{report.covered_through}</dd>
 </dl>
 <p>A <b>signature</b> proves who wrote an event. A <b>checkpoint</b> is a signed fingerprint of all events

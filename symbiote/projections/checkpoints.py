@@ -58,6 +58,7 @@ __all__ = [
     "chain_step",
     "compute_root",
     "load_checkpoint_files",
+    "load_checkpoint_rows",
     "write_checkpoint_file",
 ]
 
@@ -201,6 +202,40 @@ def load_checkpoint_files(directory: Path) -> tuple[list[CheckpointRecord], list
                 break
         records.append(record)
     records.sort(key=lambda r: r.seq)
+    return records, problems
+
+
+_Loaded = tuple[list[CheckpointRecord], list[tuple[str, str]]]
+
+
+async def load_checkpoint_rows(dsn: str, schema: str = "public") -> _Loaded:
+    """Every checkpoint copied to PostgreSQL (``audit_checkpoints``), by sequence, and (row, problem)
+    for bad ones; none when the table does not exist (no projections there yet)."""
+    records: list[CheckpointRecord] = []
+    problems: list[tuple[str, str]] = []
+    conn = await connect(dsn, schema)
+    try:
+        with translate("read the checkpoint copies", schema=schema):
+            if not await conn.fetchval("SELECT to_regclass('audit_checkpoints') IS NOT NULL"):
+                return records, problems
+            rows = await conn.fetch(
+                "SELECT seq, first_seq, last_seq, count, root, prev, wire FROM audit_checkpoints ORDER BY seq"
+            )
+    finally:
+        with contextlib.suppress(*DB_ERRORS):
+            await conn.close()
+    for row in rows:
+        name = f"row seq {row['seq']}"
+        try:
+            record, _ = CheckpointRecord.from_wire(int(row["seq"]), bytes(row["wire"]))
+        except DecodeError as exc:
+            problems.append((name, f"unreadable checkpoint: {exc}"))
+            continue
+        stored = (row["first_seq"], row["last_seq"], row["count"], bytes(row["root"]), row["prev"])
+        prev = bytes(stored[4]) if stored[4] is not None else None
+        if stored[:4] != (record.first_seq, record.last_seq, record.count, record.root) or prev != record.prev:
+            problems.append((name, "its columns differ from the signed event it holds"))
+        records.append(record)
     return records, problems
 
 
