@@ -58,8 +58,10 @@ class DataDir:
         return self.root / "tls"
 
     def ensure(self) -> None:
+        """Create the folders; the data dir and its keys are the owner's alone (mode 0700)."""
         for path in (self.root, self.keys_dir, self.workspaces_dir, self.checkpoints_dir):
             path.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
         os.chmod(self.keys_dir, 0o700)
 
     @staticmethod
@@ -105,25 +107,28 @@ class DataDir:
         """The embedded nats-server's authorization token (made once, kept in a 0600 file)."""
         path = self.nats_token_file
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            try:  # O_EXCL: of two first starts at once, one writes the token and both read it
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "w") as out:
+                    out.write(secrets.token_urlsafe(32) + "\n")
+            os.chmod(path, 0o600)
             token = path.read_text().strip()
-        except FileNotFoundError:
-            token = ""
         except OSError as exc:
-            raise ConfigError("cannot read the NATS token", path=str(path), error=str(exc)) from exc
-        if token:
-            return token
-        self.root.mkdir(parents=True, exist_ok=True)
-        token = secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, (token + "\n").encode())
-        finally:
-            os.close(fd)
+            raise ConfigError("cannot read or make the NATS token", path=str(path), error=str(exc)) from exc
+        if not token:
+            raise ConfigError("the NATS token file is empty: remove it to make a new one", path=str(path))
         return token
 
     def write_runtime(self, data: dict[str, Any]) -> None:
+        """Write ``runtime.json`` (mode 0600: a ``--nats-url`` may carry credentials)."""
         tmp = self.runtime_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(data, indent=2) + "\n")
         tmp.replace(self.runtime_file)
 
     def clear_runtime(self) -> None:

@@ -25,7 +25,7 @@ from symbiote.api.app import ApiServer
 from symbiote.api.notify import TelegramNotifier
 from symbiote.bootstrap import define_command, initialize
 from symbiote.bus.server import NatsServer, NatsServerConfig
-from symbiote.bus.stream import Bus
+from symbiote.bus.stream import Bus, redact_url
 from symbiote.dispatcher.executors import Builtin, Executors
 from symbiote.dispatcher.service import Dispatcher
 from symbiote.home import DataDir
@@ -153,7 +153,7 @@ class Runtime:
             }
         )
         stack.callback(self.home.clear_runtime)
-        log.info("runtime.up", nats_url=self.nats_url, postgres_dsn=self.postgres_dsn, api_url=self.api_url)
+        log.info("runtime.up", nats_url=redact_url(self.nats_url), postgres_dsn=self.postgres_dsn, api_url=self.api_url)
 
     async def _define_memory_search(self) -> None:
         """Register ``memory.search`` (served from the memory projection) once."""

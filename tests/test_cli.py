@@ -79,6 +79,17 @@ def test_init_twice_changes_nothing(tmp_path: Path) -> None:
     assert all((data_dir / "keys" / name).stat().st_mode & 0o077 == 0 for name in keys)
 
 
+def test_a_fresh_install_passes_the_audit_at_any_later_time(tmp_path: Path) -> None:
+    """init writes to the log with no runtime up: it signs a checkpoint itself, so nothing it
+    wrote is left uncovered (which fails once older than the grace period)."""
+    data_dir = tmp_path / "home"
+    cli(data_dir, "init", "--name", "alice")
+    audited = cli(data_dir, "audit", "--grace", "0", "--json", check=False)
+    report = json.loads(audited.stdout)
+    assert audited.returncode == 0 and report["ok"] is True and report["findings"] == [], audited.stdout
+    assert data_dir.stat().st_mode & 0o077 == 0
+
+
 def test_up_say_events_keys_and_clean_stop(running: tuple[Path, subprocess.Popen[str]], tmp_path: Path) -> None:
     data_dir, proc = running
     runtime = json.loads((data_dir / "runtime.json").read_text())
@@ -86,7 +97,9 @@ def test_up_say_events_keys_and_clean_stop(running: tuple[Path, subprocess.Popen
     assert runtime["nats_url"].startswith("nats://127.0.0.1:") and runtime["pid"] == proc.pid
     assert runtime["postgres_dsn"].startswith("postgresql://")
     # the embedded nats-server serves only holders of the data dir's token (a 0600 file)
-    assert runtime["nats_token"] is True and (data_dir / "nats.token").stat().st_mode & 0o077 == 0
+    assert runtime["nats_token"] is True
+    for private in ("nats.token", "runtime.json", "nats/nats-server.conf"):
+        assert (data_dir / private).stat().st_mode & 0o077 == 0, private
     stranger = cli(data_dir, "events", "--nats-url", runtime["nats_url"], check=False, timeout=30)
     assert stranger.returncode == 1 and "Authorization" in stranger.stdout + stranger.stderr
 

@@ -15,7 +15,7 @@ from symbiote.bus.envelope import Envelope, make_event
 from symbiote.bus.ids import new_event_id, now_ms
 from symbiote.bus.server import NatsServer
 from symbiote.dispatcher import Dispatcher, Executors
-from symbiote.registry.definition import ApprovalPolicy
+from symbiote.registry.definition import ApprovalPolicy, CommandDefinition, validate_args
 from symbiote.signers.keys import SigningKey, sign_event
 from tests.helpers import World, eventually, is_terminal
 
@@ -44,6 +44,17 @@ async def test_a_start_is_stamped_with_the_time_its_proposal_was_judged_at(world
         await world.wait_terminal(proposal.id)
     started = next(e for e in await world.command_events(proposal.id) if e.type == "command.started")
     assert started.at == judged_at
+
+
+def test_a_schema_reference_it_does_not_hold_is_a_problem_not_a_crash_nor_a_fetch() -> None:
+    for ref in ("#/$defs/missing", "http://127.0.0.1:9/schema.json"):
+        definition = CommandDefinition(name="x", description="d", executor="noop", args_schema={"$ref": ref})
+        problem = validate_args(definition, {"a": 1})
+        assert problem is not None and "does not hold" in problem and ref in problem
+    local = {"$defs": {"word": {"type": "string"}}, "properties": {"w": {"$ref": "#/$defs/word"}}}
+    definition = CommandDefinition(name="x", description="d", executor="noop", args_schema=local)
+    assert validate_args(definition, {"w": "ok"}) is None
+    assert validate_args(definition, {"w": 5}) == "w: 5 is not of type 'string'"
 
 
 async def test_sandboxed_command_writes_only_its_workspace(

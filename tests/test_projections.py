@@ -27,6 +27,7 @@ from symbiote.errors import StoreError
 from symbiote.projections import (
     MEMORY_SEARCH_DEFINITION,
     MemoryStore,
+    Projections,
     Projector,
     apply_migrations,
     memory_search_builtin,
@@ -380,6 +381,34 @@ async def test_hostile_messages_neither_stop_nor_skew_the_projection(actors: Act
     assert len(deep_rows) == 1 and deep_rows[0]["problem"].startswith("undecodable")
     keys = await fetch(pg_dsn, "SELECT principal FROM keys WHERE kid = $1", nul.kid)
     assert [r["principal"] for r in keys] == ["user:bob\ufffd"]
+
+
+async def test_an_event_the_fold_cannot_take_stops_neither_the_service_nor_its_checkpoints(
+    actors: Actors, pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the fold (simulated for one event) is logged and retried; the checkpointer goes on,
+    and the service still stops cleanly."""
+    a = actors
+    poison = await a.send(a.text("the fold breaks on this one"))
+    fold_one = Folder._fold_one
+
+    def breaking(self: Folder, item: Any, rows: Any, touched: Any) -> None:
+        if item.seq == poison:
+            raise RuntimeError(f"cannot fold seq {item.seq}")
+        fold_one(self, item, rows, touched)
+
+    monkeypatch.setattr(Folder, "_fold_one", breaking)
+    service = Projections(
+        a.bus, pg_dsn, a.runtime, tmp_path / "checkpoints", checkpoint_interval_s=0.2, checkpoint_idle_s=0.2,
+        restart_backoff_s=0.05, drain_s=2.0,
+    )  # fmt: skip
+    async with service:
+        deadline = asyncio.get_running_loop().time() + 20
+        while service.failures < 2 or service.checkpointer.last is None:
+            assert asyncio.get_running_loop().time() < deadline, (service.failures, service.checkpointer.last)
+            await asyncio.sleep(0.05)
+        assert service.position < poison
+    assert service.checkpointer.last is not None and service.checkpointer.last.last_seq >= poison
 
 
 async def test_batches_that_pile_up_are_written_together(actors: Actors, pg_dsn: str) -> None:

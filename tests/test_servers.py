@@ -158,12 +158,12 @@ async def test_nats_sync_always_can_be_turned_off(tmp_path: Path) -> None:
         assert not varz["jetstream"]["config"].get("sync_always", False)
 
 
-@pytest.mark.timeout(60)
 async def test_nats_with_a_token_serves_only_its_holders(tmp_path: Path) -> None:
     async with NatsServer(NatsServerConfig(store_dir=tmp_path / "nats", token="s3cret")) as server:
         for token in (None, "wrong"):
             with pytest.raises(BusError, match="refused"):
                 await asyncio.wait_for(Bus.connect(server.url, token=token), 10)
+        assert server.config_path.stat().st_mode & 0o077 == 0  # the token is in it
         bus = await Bus.connect(server.url, token="s3cret")
         try:
             await bus.ensure_stream()
@@ -172,6 +172,7 @@ async def test_nats_with_a_token_serves_only_its_holders(tmp_path: Path) -> None
             await bus.close()
 
 
+@pytest.mark.timeout(60)
 async def test_nats_restart_keeps_port_messages_and_consumers(tmp_path: Path) -> None:
     async with NatsServer(NatsServerConfig(store_dir=tmp_path)) as server:
         url = server.url

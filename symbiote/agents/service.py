@@ -131,6 +131,9 @@ class Agent(Service):
                 log.warning("agent.retry_later", seq=delivery.seq, error=str(exc))
                 await delivery.nak(delay=1.0)
                 continue
+            except DecodeError as exc:  # e.g. a planner's arguments that cannot be signed canonically
+                self.counts["unsignable"] += 1
+                log.warning("agent.cannot_sign", seq=delivery.seq, error=str(exc))
             await delivery.ack()
 
     def _on_outcome(self, delivery: Delivery) -> None:

@@ -43,7 +43,7 @@ def new_event_id() -> str:
 
 def is_event_id(value: object) -> bool:
     """True if ``value`` is a lower-case hyphenated UUID string (safe to put in a subject)."""
-    return isinstance(value, str) and _ID_RE.match(value) is not None
+    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
 
 
 def derived_event_id(parent_id: str, purpose: str) -> str:

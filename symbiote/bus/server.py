@@ -489,7 +489,11 @@ class NatsServer(ManagedServer):
         store.mkdir(parents=True, exist_ok=True)
         for stale in store.glob("*.ports"):
             stale.unlink(missing_ok=True)
-        self.config_path.write_text(self._render_config())
+        # 0600: the configuration may hold the authorization token
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(self._render_config())
+        os.chmod(self.config_path, 0o600)  # an older file kept its mode
         binary = self._binary if self._binary is not None else self.binary_path()
         proc = ServerProcess("nats-server", [binary, "-c", str(self.config_path)], self.log_path, cwd=store)
         proc.spawn()

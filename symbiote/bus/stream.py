@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -36,6 +37,7 @@ __all__ = [
     "Delivery",
     "PullConsumer",
     "StoredMsg",
+    "redact_url",
 ]
 
 DEFAULT_STREAM = "SYMBIOTE"
@@ -125,20 +127,23 @@ class Bus:
                 token=token,
             )
         )
+        shown = redact_url(url)
+        waited = False
         try:
             waiters: list[asyncio.Future[Any]] = [connecting, refused]
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not connecting.done():
+            waited = True
+        finally:  # refused, or cancelled (even just as it connected): no client is left behind
+            if not (waited and connecting.done()):
                 await cancel_and_wait([connecting])
                 with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
                     await nc.close()
-        if not connecting.done() or connecting.cancelled():  # refused
+        if connecting.cancelled():  # refused
             reason = str(refused.result())
-            raise BusError("NATS refused the connection (a missing or wrong token?)", url=url, error=reason)
+            raise BusError("NATS refused the connection (a missing or wrong token?)", url=shown, error=reason)
         error = connecting.exception()
         if isinstance(error, (OSError, nats.errors.Error)):
-            raise BusError("cannot connect to NATS", url=url, error=str(error)) from error
+            raise BusError("cannot connect to NATS", url=shown, error=str(error)) from error
         if error is not None:
             raise error
         return cls(nc, stream=stream)
@@ -431,6 +436,11 @@ class PullConsumer:
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
+
+
+def redact_url(url: str) -> str:
+    """``url`` (one server or a comma-separated list) without credentials, for logs and messages."""
+    return ",".join(re.sub(r"^(\s*[a-z]+://)[^@/]*@", r"\1***@", part) for part in url.split(","))
 
 
 async def _log_error(exc: Exception) -> None:

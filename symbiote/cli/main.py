@@ -15,7 +15,7 @@ from rich.table import Table
 
 from symbiote.bootstrap import define_command, initialize, register_key, revoke_key
 from symbiote.bus.envelope import make_event
-from symbiote.bus.stream import Bus
+from symbiote.bus.stream import Bus, redact_url
 from symbiote.cli.chain import EventRow, follow_chain, rows
 from symbiote.cli.common import (
     DataDirOpt,
@@ -35,6 +35,7 @@ from symbiote.errors import SymbioteError
 from symbiote.home import DataDir
 from symbiote.lifecycle import tune_gc
 from symbiote.logs import configure_logging
+from symbiote.projections.checkpoints import Checkpointer
 from symbiote.registry.definition import load_definition
 from symbiote.registry.follower import RegistryFollower
 from symbiote.signers.keys import public_key_from_kid, sign_event
@@ -60,8 +61,11 @@ def init(
     home = _home(data_dir)
 
     async def go() -> None:
+        up = bool(nats_url or home.read_runtime())
         async with _bus(home, nats_url, start_if_down=True) as bus:
             report = await initialize(bus, home, name=name)
+            if not up:  # no runtime checkpoints what init wrote to the log here: sign it off now
+                await Checkpointer(bus, home.load_key("runtime"), home.checkpoints_dir).checkpoint_now()
         if not (report.created_keys or report.registered or report.defined):
             console.print(plain(f"Already initialized in {home.root}; nothing changed."))
             return
@@ -123,7 +127,8 @@ def up(
         install_signal_handlers(stop)
         async with Runtime(home, options) as runtime:
             console.print(f"[green]symbiote is up[/green]  data: {plain(home.root)}")
-            console.print(f"  nats: {runtime.nats_url}   postgres: {runtime.postgres_dsn}   api: {runtime.api_url}")
+            nats = redact_url(runtime.nats_url or "")
+            console.print(plain(f"  nats: {nats}   postgres: {runtime.postgres_dsn}   api: {runtime.api_url}"))
             if demo:
                 assert runtime.bus is not None
                 await _demo(runtime.bus, home)

@@ -86,6 +86,7 @@ class Projections:
     async def run(self) -> None:
         """Run the projector (restarted after failures) and the checkpointer until :meth:`shutdown`."""
         checkpoints = asyncio.create_task(self.checkpointer.run(), name="checkpointer")
+        failed_at = -1  # the position the projector last failed at
         try:
             while not self._stop.is_set():
                 self.projector = Projector(self.bus, self.dsn, schema=self.schema)
@@ -104,9 +105,13 @@ class Projections:
                     log.warning("projector.restart", error=str(exc), backoff_s=backoff)
                 except Exception:  # a bug, or an event the fold cannot take
                     # the runtime goes on dispatching and checkpointing; the projector is retried,
-                    # more and more slowly, and each failure is logged with its traceback
+                    # more and more slowly while it makes no progress, and each failure is logged
+                    # with its traceback
                     if self._stop.is_set():
                         raise
+                    if self.projector.position > failed_at:
+                        self.failures = 0  # it got further this time: not the same wall
+                    failed_at = max(failed_at, self.projector.position)
                     backoff = min(60.0, self.restart_backoff_s * 2 ** min(self.failures, 6))
                     self.failures += 1
                     log.exception("projector.failed", failures=self.failures, backoff_s=backoff)
@@ -119,9 +124,11 @@ class Projections:
             # the final checkpoint first, then let the projector take it in, so that a clean
             # stop leaves the projections at the end of the log
             self.checkpointer.shutdown()
-            await checkpoints
-            await self._drain()
-            await self.memory.close()
+            try:
+                await checkpoints
+                await self._drain()
+            finally:
+                await self.memory.close()
 
     async def _drain(self) -> None:
         projector = self.projector
@@ -138,6 +145,8 @@ class Projections:
             await asyncio.wait_for(restarted.run(), self.drain_s)
         except (StoreError, BusError, TimeoutError) as exc:
             log.warning("projector.drain_incomplete", error=str(exc), last=last)
+        except Exception:  # the event the live projector failed on (logged there): stop cleanly anyway
+            log.exception("projector.drain_failed", last=last)
         else:
             self.projector = restarted
 
