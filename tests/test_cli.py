@@ -98,7 +98,7 @@ def test_up_say_events_keys_and_clean_stop(running: tuple[Path, subprocess.Popen
     assert runtime["postgres_dsn"].startswith("postgresql://")
     # the embedded nats-server serves only holders of the data dir's token (a 0600 file)
     assert runtime["nats_token"] is True
-    for private in ("nats.token", "runtime.json", "nats/nats-server.conf"):
+    for private in ("nats", "nats.token", "runtime.json", "nats/nats-server.conf"):
         assert (data_dir / private).stat().st_mode & 0o077 == 0, private
     stranger = cli(data_dir, "events", "--nats-url", runtime["nats_url"], check=False, timeout=30)
     assert stranger.returncode == 1 and "Authorization" in stranger.stdout + stranger.stderr

@@ -487,6 +487,7 @@ class NatsServer(ManagedServer):
             return
         store = self.config.store_dir
         store.mkdir(parents=True, exist_ok=True)
+        os.chmod(store, 0o700)  # the log itself: the server's alone
         for stale in store.glob("*.ports"):
             stale.unlink(missing_ok=True)
         # 0600: the configuration may hold the authorization token
