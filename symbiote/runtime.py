@@ -89,15 +89,15 @@ class Runtime:
         problems = BubblewrapSandbox().preflight()
         if problems:
             log.warning("sandbox.preflight", problems=problems, note="sandboxed commands will fail closed")
-        token: str | None = None
+        nats_token: str | None = None
         if self.options.nats_url:
             self.nats_url = self.options.nats_url
         else:  # only holders of the data dir's token may use the embedded server
-            token = self.home.nats_token()
-            nats = NatsServer(NatsServerConfig(store_dir=self.home.nats_dir, token=token))
+            nats_token = self.home.nats_token()
+            nats = NatsServer(NatsServerConfig(store_dir=self.home.nats_dir, token=nats_token))
             await stack.enter_async_context(nats)
             self.nats_url = nats.url
-        self.bus = await Bus.connect(self.nats_url, name="symbiote-runtime", token=token)
+        self.bus = await Bus.connect(self.nats_url, name="symbiote-runtime", token=nats_token)
         stack.push_async_callback(self.bus.close)
         await self.bus.ensure_stream(replicas=self.options.stream_replicas)
         report = await initialize(self.bus, self.home, name=self.options.name)
@@ -136,9 +136,9 @@ class Runtime:
             api = ApiServer(self.bus, self.home, self.options.api_host, self.options.api_port)
             await stack.enter_async_context(api)
             self.api_url = api.public_url
-            token, chat = os.environ.get("SYMBIOTE_TELEGRAM_TOKEN"), os.environ.get("SYMBIOTE_TELEGRAM_CHAT")
-            if token and chat:
-                telegram = TelegramNotifier(token, chat, api.public_url)
+            bot, chat = os.environ.get("SYMBIOTE_TELEGRAM_TOKEN"), os.environ.get("SYMBIOTE_TELEGRAM_CHAT")
+            if bot and chat:
+                telegram = TelegramNotifier(bot, chat, api.public_url)
                 api.board.notifiers.append(telegram)
                 stack.push_async_callback(telegram.close)
             self.extras["api"] = api
@@ -146,7 +146,7 @@ class Runtime:
         self.home.write_runtime(
             {
                 "nats_url": self.nats_url,
-                "nats_token": token is not None,  # the token itself stays in its own 0600 file
+                "nats_token": nats_token is not None,  # the token itself stays in its own 0600 file
                 "postgres_dsn": self.postgres_dsn,
                 "api_url": self.api_url,
                 "pid": os.getpid(),

@@ -49,7 +49,8 @@ def _children(pid: int) -> set[int]:
 def running(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
     data_dir = tmp_path / "home"
     proc = subprocess.Popen(
-        [*SYMBIOTE, "up", "--data-dir", str(data_dir), "--no-api", "--log-level", "warning"],
+        # the API on a free port: everything `make run` starts
+        [*SYMBIOTE, "up", "--data-dir", str(data_dir), "--api-port", "0", "--log-level", "warning"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
