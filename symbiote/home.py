@@ -61,8 +61,7 @@ class DataDir:
         """Create the folders; the data dir and its keys are the owner's alone (mode 0700)."""
         for path in (self.root, self.keys_dir, self.workspaces_dir, self.checkpoints_dir):
             path.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)
-        os.chmod(self.keys_dir, 0o700)
+            os.chmod(path, 0o700)
 
     @staticmethod
     def passphrase() -> bytes | None:

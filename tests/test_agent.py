@@ -11,9 +11,12 @@ import pytest_asyncio
 
 from symbiote.agents import Agent, IntentMatcher
 from symbiote.agents.extract import extract_args
+from symbiote.bootstrap import define_command
 from symbiote.bus.envelope import Envelope, from_wire, make_event
 from symbiote.embeddings import load_embedder
+from symbiote.projections import MEMORY_SEARCH_DEFINITION
 from symbiote.registry import default_definitions
+from symbiote.registry.definition import load_definition
 from symbiote.signers.keys import SigningKey, sign_event
 from tests.helpers import World, eventually
 
@@ -71,6 +74,21 @@ async def test_clear_request_becomes_signed_proposal(world: World, agent: Agent)
     assert proposal.corr == source.id and proposal.cause == source.id
     assert proposal.sigs[0].kid == world.agent.kid
     assert world.home.load_key("agent").kid == proposal.sigs[0].kid
+
+
+@pytest.mark.parametrize(
+    ("text", "query"),
+    [
+        ("search my memory for invoices", "invoices"),
+        ("what did I ask you about Rome?", "Rome?"),
+        ("do you remember the dentist", "the dentist"),
+    ],
+)
+async def test_memory_requests_become_memory_searches(world: World, agent: Agent, text: str, query: str) -> None:
+    await define_command(world.bus, world.owner, load_definition(MEMORY_SEARCH_DEFINITION))
+    proposal = await answer(world, await say(world, text))
+    assert proposal.type == "command.proposed", proposal.body
+    assert proposal.body["command"] == "memory.search" and proposal.body["args"] == {"query": query}
 
 
 async def test_unsure_request_asks_and_unknown_request_suggests(world: World, agent: Agent) -> None:

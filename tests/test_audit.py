@@ -355,6 +355,7 @@ async def test_a_forged_request_body_does_not_break_why(world: World) -> None:
     story = await why(w.bus, proposal.id)
     step = next(s for s in story.steps if s.seq == forged)
     assert not step.ok and "of 5" in step.text
+    assert not story.ran and story.as_map()["allowed"] is None and story.lines()[-1] == "It never ran."
 
 
 async def test_a_log_of_another_owner_is_named(world: World) -> None:
@@ -525,5 +526,6 @@ def test_cli_why_and_html_for_a_clean_log(nats_url: str, tmp_path: Path) -> None
     unknown = "01a208df-1ed8-7001-956e-d63c0bcdc97f"
     result = runner.invoke(_app(), ["why", unknown, *args, "--json"])
     assert result.exit_code == 1 and json.loads(result.output)["found"] is False
+    assert json.loads(result.output)["allowed"] is None  # nothing ran: neither allowed nor not
     result = runner.invoke(_app(), ["why", "*", *args])  # not an id: never a subject wildcard
     assert result.exit_code == 1 and "command id" in result.output

@@ -116,6 +116,14 @@ def test_up_say_events_keys_and_clean_stop(running: tuple[Path, subprocess.Popen
     command_id = request["body"]["command_id"]
     pending = cli(data_dir, "approvals", "--json")
     assert json.loads(pending.stdout.splitlines()[0])["command_id"] == command_id
+    narrow = subprocess.run(  # a narrow terminal: nothing is cut off, and the id stays whole
+        [*SYMBIOTE, "approvals", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "50"},
+    )
+    assert command_id in narrow.stdout.splitlines()[0] and "network none" in narrow.stdout, narrow.stdout
     approved = cli(data_dir, "approve", command_id, "--wait", "--json")
     assert '"command.succeeded"' in approved.stdout and "approved-from-cli" in approved.stdout
 

@@ -205,6 +205,8 @@ async def test_replay_never_drops_a_schema_it_did_not_make(bus: Bus, pg_dsn: str
             await replay(bus, pg_dsn, into="precious", keep=False, compare=False)
         with pytest.raises(ConfigError):  # a name that only looks like another (trailing newline)
             await replay(bus, pg_dsn, into="public\n", compare=False)
+        with pytest.raises(ConfigError, match="past the end of the log"):
+            await replay(bus, pg_dsn, from_seq=await bus.last_seq() + 1)
         assert await schema_exists(conn, "precious")
         assert await conn.fetchval("SELECT count(*) FROM precious.data") == 0
     finally:

@@ -13,13 +13,19 @@ from typing import Any
 
 from symbiote.registry.definition import CommandDefinition
 
-__all__ = ["extract_args", "starts_with_trigger"]
+__all__ = ["extract_args", "starts_with_trigger", "strip_trigger"]
 
 _TRIGGERS = {
     "echo": r"^(?:please\s+)?(?:echo|say back|say|repeat after me|repeat)\b[:,]?\s*",
     "note.write": r"^(?:please\s+)?(?:take a note|write a note|make a note|note down|jot down|write down|note)"
     r"(?:\s+(?:that|saying|about))?\b[:,]?\s*",
     "shell.run": r"^(?:please\s+)?(?:run|execute|exec)(?:\s+(?:the\s+)?(?:shell\s+)?(?:command|program))?\b[:,]?\s*",
+    "memory.search": r"^(?:please\s+)?(?:"
+    r"search\s+(?:in\s+)?(?:my\s+|the\s+|your\s+)?memory\s+(?:for|about)"
+    r"|look\s+up\s+(?:in\s+)?(?:my\s+|your\s+)?memory(?:\s+for)?"
+    r"|what\s+did\s+i\s+(?:ask|tell|say\s+to)\s+you(?:\s+(?:yesterday|today|earlier|before|last\s+\w+))?\s+about"
+    r"|do\s+you\s+remember|remember\s+when|recall"
+    r")\b[:,]?\s*",
 }
 
 
@@ -34,7 +40,8 @@ def starts_with_trigger(command: str, text: str) -> bool:
     return bool(pattern and re.match(pattern, text.strip(), flags=re.IGNORECASE))
 
 
-def _strip_trigger(command: str, text: str) -> str:
+def strip_trigger(command: str, text: str) -> str:
+    """``text`` without the command's trigger words at its start ("run ls" → "ls")."""
     pattern = _TRIGGERS.get(command)
     stripped = text.strip()
     if pattern:
@@ -44,7 +51,7 @@ def _strip_trigger(command: str, text: str) -> str:
 
 def extract_args(definition: CommandDefinition, text: str) -> dict[str, Any] | None:
     """Args for ``definition`` from ``text``, or None if a required field cannot be filled."""
-    rest = _strip_trigger(definition.name, text)
+    rest = strip_trigger(definition.name, text)
     properties: dict[str, Any] = definition.args_schema.get("properties", {})
     required: list[str] = list(definition.args_schema.get("required", []))
     if definition.name == "note.write":

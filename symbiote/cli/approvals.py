@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Column, Table
 
 from symbiote.bus.envelope import Envelope, make_event
 from symbiote.bus.ids import now_ms
 from symbiote.bus.stream import Bus
 from symbiote.cli.chain import follow_chain
-from symbiote.cli.common import DataDirOpt, JsonOpt, NatsOpt, _bus, _emit, _home, _run, cell, console, plain
+from symbiote.cli.common import DataDirOpt, JsonOpt, NatsOpt, _bus, _emit, _home, _run, console, plain
 from symbiote.errors import SymbioteError
 from symbiote.home import DataDir
 from symbiote.projections.jsontext import jsonable
@@ -76,31 +75,17 @@ def approvals(data_dir: DataDirOpt = None, nats_url: NatsOpt = None, as_json: Js
         if not found:
             console.print("No command is waiting for approval.")
             return
-        # the id must stay whole and copyable whatever the terminal's width
-        table = Table(
-            Column("command id", min_width=36, overflow="fold"),
-            "command",
-            "arguments",
-            "risk",
-            "sandbox",
-            "signed / needs",
-        )
+        # one block per command, never a table: at any terminal width nothing is cut off, and the
+        # id stays on one line to be copied
         for item in found:
             box = item["sandbox"]
-            table.add_row(
-                *map(
-                    cell,
-                    (
-                        item["command_id"],
-                        item["command"],
-                        json.dumps(item["args"], ensure_ascii=False),
-                        item["risk"],
-                        f"network {box['network']}, {box['memory_mb']} MB, {box['timeout_s']} s",
-                        f"{', '.join(item['signed_by']) or '—'} / {item['needs']}",
-                    ),
-                )
-            )
-        console.print(table)
+            signed = f"{', '.join(item['signed_by']) or 'nobody yet'} (needs {item['needs']})"
+            sandbox = f"network {box['network']}, {box['memory_mb']} MB, {box['timeout_s']} s"
+            console.print(f"[bold]{plain(item['command_id'])}[/bold]", soft_wrap=True)
+            console.print(plain(f"  {item['command']} {json.dumps(item['args'], ensure_ascii=False)}"))
+            console.print(plain(f"  risk: {item['risk']}"))
+            console.print(plain(f"  sandbox: {sandbox}   signed: {signed}"))
+            console.print(f"  [dim]approve: symbiote approve {plain(item['command_id'])}[/dim]", soft_wrap=True)
 
     _run(go)
 

@@ -20,6 +20,7 @@ from symbiote.cli.chain import EventRow
 from symbiote.errors import SymbioteError
 from symbiote.home import DataDir, default_data_dir
 from symbiote.logs import configure_logging
+from symbiote.projections.fold import output_said
 from symbiote.projections.jsontext import json_text
 
 __all__ = [
@@ -118,11 +119,12 @@ def _print_row(row: EventRow, *, compact: bool = False) -> None:
         console.print(f"{row.seq:>6}  {plain(row.subject)}  [red]{plain(row.problem)}[/red]")
         return
     summary = _summary(event.type, event.body)
+    # soft wrap: a long line runs on instead of being broken inside an id someone has to copy
     if compact:
-        console.print(f"  {plain(f'{event.type:<28}')} {summary}")
+        console.print(f"  {plain(f'{event.type:<28}')} {summary}", soft_wrap=True)
     else:
         kind, actor = plain(f"{event.type:<27}"), plain(f"{event.actor:<16}")
-        console.print(f"{row.seq:>6}  {kind} {actor} [dim]✓ {signed}[/dim]  {summary}")
+        console.print(f"{row.seq:>6}  {kind} {actor} [dim]✓ {signed}[/dim]  {summary}", soft_wrap=True)
 
 
 def _summary(kind: str, body: dict[str, Any]) -> str:
@@ -150,8 +152,7 @@ def _summary_text(kind: str, body: dict[str, Any]) -> str:
     if kind == "command.approval_requested":
         return f"needs {body.get('needs')} of {body.get('principals')}  →  symbiote approve {body.get('command_id')}"
     if kind in ("command.succeeded", "command.failed"):
-        output = _map(body, "output")
-        text = output.get("stdout") or output.get("text") or output.get("error") or ""
+        text = output_said(_map(body, "output")) or ""
         return f"exit {body.get('exit_code')}: {str(text).strip()[:200]!r}"
     if kind == "command.started":
         return f"in {_map(body, 'sandbox').get('backend')}"

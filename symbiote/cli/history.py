@@ -136,11 +136,12 @@ def audit_command(
 
 
 def _print_audit(report: AuditReport) -> None:
+    rows = report.checkpoint_rows
+    database = "PostgreSQL not consulted" if rows is None else f"{rows} rows in PostgreSQL"
     console.print(
         f"{report.messages} events (seq {report.stream_first_seq}–{report.stream_last_seq}), "
         f"{report.signatures_checked} signatures, {report.commands_executed} executions, "
-        f"{report.checkpoints} checkpoints ({report.checkpoint_files} files, {report.checkpoint_rows} rows in "
-        f"PostgreSQL), covered through seq "
+        f"{report.checkpoints} checkpoints ({report.checkpoint_files} files, {database}), covered through seq "
         f"{report.covered_through}"
     )
     if report.findings:
@@ -191,8 +192,10 @@ def why_command(
             console.print("[red]not allowed by the policy in force:[/red]")
             for problem in story.problems:
                 console.print(f"  [red]✗[/red] {plain(problem)}")
-        else:
+        elif story.ran:
             console.print("[green]allowed by the policy in force[/green]")
+        else:
+            console.print("it never ran")
 
     _run(go)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from symbiote.bootstrap import define_command, initialize, register_key, revoke_key
 from symbiote.bus.envelope import make_event
@@ -242,7 +242,8 @@ def say(
             if as_json:
                 print(json.dumps({"id": event.id, "seq": ack.seq, "type": event.type}), flush=True)
             else:
-                console.print(f"sent {event.id} (seq {ack.seq})")
+                # the request's id, not a command's: the proposal that answers it has its own
+                console.print(f"request {event.id} sent (seq {ack.seq})", soft_wrap=True)
             if wait:
                 async for row in follow_chain(bus, event.id, ack.seq, timeout_s=timeout):
                     _emit(row, as_json)
@@ -258,7 +259,7 @@ def events(
     nats_url: NatsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List the log: seq, subject, type, actor and who verifiably signed."""
+    """List the log: seq, type, actor, who verifiably signed, and what each event says."""
     home = _home(data_dir)
 
     async def go() -> None:
@@ -293,7 +294,8 @@ def keys_list(data_dir: DataDirOpt = None, nats_url: NatsOpt = None, as_json: Js
                     )
                 )
             return
-        table = Table("principal", "role", "kid", "registered at", "revoked at")
+        # the kid folds rather than being cut: it is what `keys revoke` takes
+        table = Table("principal", "role", Column("kid", overflow="fold", min_width=20), "registered at", "revoked at")
         for e in entries:
             table.add_row(*map(cell, (e.principal, e.role, e.kid, e.registered_seq, e.revoked_seq or "—")))
         console.print(table)

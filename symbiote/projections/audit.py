@@ -30,6 +30,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,7 +45,7 @@ from symbiote.projections.checkpoints import (
     load_checkpoint_files,
     load_checkpoint_rows,
 )
-from symbiote.projections.fold import command_histories, command_id_of, jsonable
+from symbiote.projections.fold import command_histories, command_id_of, jsonable, output_said
 from symbiote.projections.verify import (
     CHECKPOINT_SUBJECT,
     CachedKeyring,
@@ -129,7 +130,7 @@ class AuditReport:
     commands_executed: int = 0
     checkpoints: int = 0
     checkpoint_files: int = 0
-    checkpoint_rows: int = 0  # copies in PostgreSQL compared (0 when not asked for)
+    checkpoint_rows: int | None = None  # copies in PostgreSQL compared (None: PostgreSQL not consulted)
     covered_through: int = 0
     checkpoint_dir: str | None = None
     checked_at: int = 0
@@ -157,8 +158,8 @@ class AuditReport:
             warns = len(self.findings)
             extra = f" ({warns} note{'s' if warns != 1 else ''})" if warns else ""
             return f"OK: {self.messages} events checked, nothing wrong found{extra}"
-        where = f"seq {first.seq}" if first.seq is not None else "outside the log"
-        return f"FAILED at {where}: {first.message} ({len(self.failures)} problem(s) in all)"
+        where = f"at seq {first.seq}" if first.seq is not None else "(outside the log)"
+        return f"FAILED {where}: {first.message} ({len(self.failures)} problem(s) in all)"
 
     def as_map(self) -> dict[str, Any]:
         first = self.first_failure
@@ -639,7 +640,7 @@ def _check_uncovered(auditor: _Auditor, report: AuditReport, covered: int, grace
                 "uncovered",
                 f"{len(stale)} event(s) from seq {stale[0]} to {stale[-1]} were stored more than {grace_s:g} s before "
                 "the audit and no signed checkpoint covers them: nothing vouches that they are the events the "
-                "runtime logged (is its checkpointer running?)",
+                "runtime logged (is its checkpointer running? it signs one every 10 s and when the log is idle)",
             )
         )
     recent = [seq for seq in seqs if not stale or seq > stale[-1]]
@@ -765,13 +766,19 @@ class CommandStory:
     steps: list[Step] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
+    @property
+    def ran(self) -> bool:
+        """The command was started (the policy question, "was it allowed to run", applies)."""
+        return any(step.kind == "execution" for step in self.steps)
+
     def as_map(self) -> dict[str, Any]:
         return {
             "command_id": self.command_id,
             "found": self.found,
             "state": self.state,
             "command": self.command,
-            "allowed": not self.problems,
+            "ran": self.ran,
+            "allowed": not self.problems if self.ran else None,  # None: it never ran
             "problems": self.problems,
             "steps": [s.as_map() for s in self.steps],
         }
@@ -788,8 +795,10 @@ class CommandStory:
         if self.problems:
             out.append("Policy problems:")
             out.extend(f"  ✗ {p}" for p in self.problems)
-        else:
+        elif self.ran:
             out.append("Allowed by the policy in force.")
+        else:
+            out.append("It never ran.")
         return out
 
 
@@ -903,7 +912,7 @@ def _step(
     if event.type in ("command.succeeded", "command.failed"):
         output = body.get("output") if isinstance(body.get("output"), dict) else {}
         assert isinstance(output, dict)
-        said = output.get("stdout") or output.get("text") or output.get("error") or ""
+        said = output_said(output) or ""
         text = f"{kind} with exit code {body.get('exit_code')} after {body.get('duration_ms')} ms: {str(said)[:300]!r}"
         return Step("result", seq, event.at, who, text, signed, {"output": output})
     if event.type == "command.denied":
@@ -942,6 +951,8 @@ def write_html(report: AuditReport, path: Path) -> None:
     """Write a self-contained HTML page for people: the verdict first, then a table of findings."""
     esc = html.escape
     first = report.first_failure
+    when = datetime.fromtimestamp(report.checked_at / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+    rows_kept = "not consulted" if report.checkpoint_rows is None else str(report.checkpoint_rows)
     if first is None:
         verdict = "Everything checks out"
         if not report.checkpoints:
@@ -962,9 +973,12 @@ def write_html(report: AuditReport, path: Path) -> None:
         )
         colour = "#1b7f3b"
     else:
-        where = f"event #{first.seq}" if first.seq is not None else "the checkpoint files"
+        where = f"event #{first.seq}" if first.seq is not None else "the checkpoint copies"
         verdict = "Problems found"
-        verdict_detail = f"The first problem is at {where}: {first.message}."
+        verdict_detail = (
+            f"The first problem is at {where}: {first.message}. Keep this report and the data directory as they "
+            "are, and show them to whoever looks after the assistant."
+        )
         colour = "#b3261e"
     rows = []
     for finding in report.findings:
@@ -1004,12 +1018,14 @@ dt {{ font-weight: 600; }}
 <div class="verdict"><h1>{esc(verdict)}</h1><p>{esc(verdict_detail)}</p></div>
 <h2>What was checked</h2>
 <dl>
+<dt>Checked</dt><dd>{esc(when)}{f", data in {esc(report.checkpoint_dir)}" if report.checkpoint_dir else ""}</dd>
 <dt>Events in the log</dt><dd>{report.messages} (numbered {report.stream_first_seq} to {report.stream_last_seq})</dd>
 <dt>Signatures checked</dt><dd>{report.signatures_checked}, each against the keys registered at that point</dd>
 <dt>Commands that ran</dt><dd>{report.commands_executed}, each checked against the approval rules in force</dd>
 <dt>Signed checkpoints</dt><dd>{report.checkpoints} in the log; copies kept outside it: {report.checkpoint_files}
-in files, {report.checkpoint_rows} in PostgreSQL</dd>
-<dt>Covered by checkpoints</dt><dd>events up to #{report.covered_through}</dd>
+in files, {esc(rows_kept)} in the database</dd>
+<dt>Covered by checkpoints</dt><dd>every event up to #{report.covered_through} (a checkpoint does not cover
+itself)</dd>
 </dl>
 <p>A <b>signature</b> proves who wrote an event. A <b>checkpoint</b> is a signed fingerprint of all events
 so far, kept both in the log and in separate files, so that deleting or changing old events shows up.

@@ -46,6 +46,7 @@ __all__ = [
     "command_id_of",
     "jsonable",
     "outcome_text",
+    "output_said",
     "pg_text",
 ]
 
@@ -147,12 +148,26 @@ def command_id_of(subject: str) -> str | None:
     return parts[2] if len(parts) >= 4 and is_event_id(parts[2]) else None
 
 
+def output_said(output: Any) -> str | None:
+    """What a command's output says, for people: its stdout, text, error or stderr, else the texts
+    of its hits (``memory.search``); None when it says none of these."""
+    if not isinstance(output, dict):
+        return None
+    said = output.get("stdout") or output.get("text") or output.get("error") or output.get("stderr")
+    if isinstance(said, str):
+        return said
+    hits = output.get("hits")
+    if isinstance(hits, list) and hits:
+        texts = [str(hit.get("text")) for hit in hits if isinstance(hit, dict)]
+        return f"{len(hits)} found: " + " | ".join(texts)
+    return None
+
+
 def outcome_text(command: str, args: Any, kind: str, body: dict[str, Any]) -> str:
     """The remembered sentence of one outcome: what ran, how it ended, what it said."""
     output = body.get("output") if isinstance(body.get("output"), dict) else {}
-    assert isinstance(output, dict)
-    said = output.get("stdout") or output.get("text") or output.get("error") or output.get("stderr")
-    if not isinstance(said, str):
+    said = output_said(output)
+    if said is None:
         said = json.dumps(jsonable(output), ensure_ascii=False, sort_keys=True) if output else ""
     status = "succeeded" if kind == "command.succeeded" else f"failed (exit {body.get('exit_code')})"
     shown_args = json.dumps(jsonable(args), ensure_ascii=False, sort_keys=True)

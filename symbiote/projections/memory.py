@@ -10,7 +10,6 @@ The projector remembers the text of every verified input and of every command ou
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from symbiote.agents.extract import strip_trigger
 from symbiote.embeddings import Embedder, load_embedder
 from symbiote.errors import StoreError
 from symbiote.projections.db import DB_ERRORS, create_pool, translate
@@ -29,15 +29,6 @@ MEMORY_SEARCH_DEFINITION = Path(__file__).with_name("memory.search.toml")
 """The TOML definition of the ``memory.search`` command (``executor = "builtin:memory.search"``)."""
 log = structlog.get_logger("symbiote.memory")
 _MAX_K = 50
-_REQUEST_PREFIX = re.compile(
-    r"^(?:please\s+)?(?:"
-    r"search\s+(?:in\s+)?(?:my\s+|the\s+)?memory\s+(?:for|about)"
-    r"|look\s+up\s+(?:in\s+)?(?:my\s+)?memory"
-    r"|what\s+did\s+i\s+(?:ask|tell|say\s+to)\s+you(?:\s+(?:yesterday|today|earlier|before|last\s+\w+))?\s+about"
-    r"|do\s+you\s+remember|remember\s+when|recall"
-    r")\b[:,]?\s*",
-    re.IGNORECASE,
-)
 
 
 @dataclass(frozen=True)
@@ -59,7 +50,7 @@ class MemoryHit:
 
 def clean_query(text: str) -> str:
     """The subject of a memory request: ``"search my memory for X"`` → ``"X"``."""
-    stripped = _REQUEST_PREFIX.sub("", text.strip(), count=1).strip().rstrip("?").strip()
+    stripped = strip_trigger("memory.search", text).rstrip("?").strip()
     return stripped or text.strip()
 
 

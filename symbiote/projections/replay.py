@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from symbiote.bus.stream import Bus
-from symbiote.errors import StoreError
+from symbiote.errors import ConfigError, StoreError
 from symbiote.projections.db import (
     DB_ERRORS,
     apply_migrations,
@@ -184,6 +184,9 @@ async def replay(
     if schema == live_schema:
         raise StoreError("the replay must build into a schema other than the live one", schema=schema)
     keep = into is not None if keep is None else keep
+    last = await bus.last_seq()
+    if from_seq > 1 and from_seq > last:
+        raise ConfigError(f"--from {from_seq} is past the end of the log (its last sequence is {last})")
     report = ReplayReport(schema=schema, from_seq=from_seq, kept=keep, live_schema=live_schema)
     conn = await connect(dsn, schema)
     try:

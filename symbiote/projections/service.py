@@ -107,8 +107,9 @@ class Projections:
                     # the runtime goes on dispatching and checkpointing; the projector is retried,
                     # more and more slowly while it makes no progress, and each failure is logged
                     # with its traceback
-                    if self._stop.is_set():
-                        raise
+                    if self._stop.is_set():  # stopping anyway: say why it failed, and stop cleanly
+                        log.exception("projector.failed_while_stopping")
+                        break
                     if self.projector.position > failed_at:
                         self.failures = 0  # it got further this time: not the same wall
                     failed_at = max(failed_at, self.projector.position)
