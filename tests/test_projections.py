@@ -550,6 +550,7 @@ async def test_memory_search_finds_the_relevant_past_input_first(actors: Actors,
         "the dentist appointment moved to tuesday at nine",
         "send the quarterly tax documents to the accountant",
         "what is the capital of mongolia",
+        "search my memory for the garden",  # the request itself, as the agent passes on only "the garden"
     ]
     for text in said:
         await a.send(a.text(text))
@@ -568,6 +569,9 @@ async def test_memory_search_finds_the_relevant_past_input_first(actors: Actors,
         assert out["query"] == "the garden"
         assert out["hits"][0]["text"] == "remind me to water the tomato plants in the garden"
         assert set(out["hits"][0]) == {"seq", "text", "at", "score"} and len(out["hits"]) == 2
+        out = await search({"query": "the garden"})
+        assert out["hits"][0]["text"] == "remind me to water the tomato plants in the garden"
+        assert "search my memory for the garden" not in [hit["text"] for hit in out["hits"]]
         recalled = await store.recall("the dentist appointment moved to tuesday at nine")
         assert "the dentist appointment moved to tuesday at nine" not in recalled
         assert not any("stranger" in t for t in recalled)

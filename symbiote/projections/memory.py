@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from symbiote.agents.extract import strip_trigger
+from symbiote.agents.extract import starts_with_trigger, strip_trigger
 from symbiote.embeddings import Embedder, load_embedder
 from symbiote.errors import StoreError
 from symbiote.projections.db import DB_ERRORS, create_pool, translate
@@ -46,6 +46,12 @@ class MemoryHit:
     def as_map(self) -> dict[str, Any]:
         """The hit as the ``memory.search`` output shows it."""
         return {"seq": self.seq, "text": self.text, "at": self.at, "score": round(self.score, 6)}
+
+
+def _asks_for(text: str, raw: str, query: str) -> bool:
+    """Whether a remembered input is this very request ("search my memory for X" asking for X)."""
+    said = text.strip()
+    return said == raw.strip() or (starts_with_trigger("memory.search", said) and clean_query(said) == query)
 
 
 def clean_query(text: str) -> str:
@@ -149,7 +155,7 @@ def memory_search_builtin(store: MemoryStore) -> Callable[[dict[str, Any]], Awai
         k = max(1, min(k, _MAX_K))
         query = clean_query(raw)
         hits = await store.search(query, k + 1)
-        kept = [h for h in hits if not (h.kind == "input" and h.text.strip() == raw.strip())][:k]
+        kept = [h for h in hits if not (h.kind == "input" and _asks_for(h.text, raw, query))][:k]
         return {"query": query, "hits": [h.as_map() for h in kept]}
 
     return search
