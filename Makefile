@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 DATA_DIR ?= $(CURDIR)/.data
+LOG_LEVEL ?= warning
 
 .PHONY: install system-deps run test lint typecheck pytest bench clean
 
@@ -30,7 +31,7 @@ install: system-deps $(STAMP)
 
 # Starts the embedded nats-server and PostgreSQL, runs a short demo, and stays up (Ctrl-C stops everything).
 run: install
-	SYMBIOTE_DATA_DIR=$(DATA_DIR) $(VENV)/bin/symbiote up --demo
+	SYMBIOTE_DATA_DIR=$(DATA_DIR) $(VENV)/bin/symbiote up --demo --log-level $(LOG_LEVEL)
 
 lint: install
 	$(VENV)/bin/ruff check symbiote tests bench
