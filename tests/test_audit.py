@@ -207,6 +207,13 @@ async def test_a_command_run_without_its_approval_is_named(world: World) -> None
     assert first.command_id == proposal.id
     assert "no approval was ever requested" in first.message
     assert [f.seq for f in report.failures] == [started]  # the echo needed no approval
+    runs = {run.command_id: run for run in report.executions}
+    assert (runs[proposal.id].allowed, runs[proposal.id].approved_by, runs[proposal.id].outcome) == (
+        False,
+        [],
+        "succeeded",
+    )
+    assert runs[echo.id].allowed and runs[echo.id].outcome is None and runs[echo.id].command == "echo"
     story = await why(w.bus, proposal.id)
     assert story.problems and "no approval" in story.problems[0]
 
@@ -507,6 +514,9 @@ def test_cli_why_and_html_for_a_clean_log(nats_url: str, tmp_path: Path) -> None
     command_id = asyncio.run(prepare())
     page = (tmp_path / "ok.html").read_text()
     assert "Everything checks out" in page and "which cover all of it" in page
+    # what ran, for people: the echo, proposed by the agent, needing no approval, succeeded
+    ran = page.split("What ran, and who allowed it")[1]
+    assert "echo" in ran and "agent:main (0.9)" in ran and "not needed" in ran and "succeeded" in ran
     runner = CliRunner()
     args = ["--data-dir", str(home.root), "--nats-url", nats_url]
     result = runner.invoke(_app(), ["why", command_id, *args, "--json"])

@@ -64,6 +64,7 @@ __all__ = [
     "AuditReport",
     "CheckpointCopies",
     "CommandStory",
+    "Execution",
     "Finding",
     "Step",
     "audit",
@@ -118,6 +119,37 @@ class Finding:
 
 
 @dataclass
+class Execution:
+    """One start of a command, for people: what ran, who proposed it, who approved it, how it ended."""
+
+    seq: int
+    command_id: str
+    command: str
+    args: str  # short JSON
+    proposed_by: str | None
+    confidence: Any
+    approved_by: list[str]
+    allowed: bool
+    outcome: str | None = None  # succeeded, failed, or None while none is in the log
+
+    def as_map(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "command_id": self.command_id,
+            "command": self.command,
+            "args": self.args,
+            "proposed_by": self.proposed_by,
+            "confidence": self.confidence,
+            "approved_by": self.approved_by,
+            "allowed": self.allowed,
+            "outcome": self.outcome,
+        }
+
+
+_EXECUTIONS_KEPT = 1000
+
+
+@dataclass
 class AuditReport:
     """The audit's result: ``ok`` unless some finding is a failure; ``first_failure`` names where."""
 
@@ -134,6 +166,7 @@ class AuditReport:
     covered_through: int = 0
     checkpoint_dir: str | None = None
     checked_at: int = 0
+    executions: list[Execution] = field(default_factory=list)  # the latest starts (at most 1,000)
 
     @property
     def failures(self) -> list[Finding]:
@@ -180,6 +213,7 @@ class AuditReport:
             "checkpoint_dir": self.checkpoint_dir,
             "checked_at": self.checked_at,
             "findings": [f.as_map() for f in self.findings],
+            "executions": [e.as_map() for e in self.executions],
             "omitted": self.omitted,
         }
 
@@ -192,7 +226,11 @@ def judge_execution(
     ``before`` holds the command's events before ``seq``; the rules are those the dispatcher
     applies, through the same :mod:`symbiote.registry.policy` functions.
     """
-    life = fold_command(command_id, before, state)
+    return _judge(state, fold_command(command_id, before, state), started)
+
+
+def _judge(state: RegistryState, life: CommandLife, started: Envelope) -> list[str]:
+    """:func:`judge_execution` of a start, given the life folded from the events before it."""
     if life.proposal is None:
         return ["it was started without a valid proposal before it"]
     policy_mode = life.definition.approval.mode if life.definition is not None else "none"
@@ -244,6 +282,7 @@ class _Auditor:
         self.checkpoint_msgs: dict[int, bytes] = {}
         self.gaps: list[tuple[int, int]] = []
         self.lives: OrderedDict[str, list[tuple[int, Envelope]]] = OrderedDict()
+        self.executions: OrderedDict[str, Execution] = OrderedDict()  # the latest starts, for the report
         self.evicted: set[str] = set()
         self.seen_ids: dict[str, int] = {}
         self._counts: dict[str, int] = {}
@@ -397,8 +436,13 @@ class _Auditor:
             self.lives.move_to_end(cid)
         if event.type == "command.started":
             self.report.commands_executed += 1
-            for problem in judge_execution(self.state, cid, before, event, seq):
+            life = fold_command(cid, before, self.state)
+            problems = _judge(self.state, life, event)
+            for problem in problems:
                 self.add(Finding(seq, "fail", "policy", f"command {cid} ran but {problem}", event.id, cid))
+            self._executed(cid, life, seq, not problems)
+        elif event.type in ("command.succeeded", "command.failed") and cid in self.executions:
+            self.executions[cid].outcome = event.type.rsplit(".", 1)[1]
         elif event.type in ("command.succeeded", "command.failed") and not any(
             e.type == "command.started" for _, e in before
         ):
@@ -413,6 +457,24 @@ class _Auditor:
                 )
             )
         before.append((seq, event))
+
+    def _executed(self, cid: str, life: CommandLife, seq: int, allowed: bool) -> None:
+        proposal = life.proposal
+        body = proposal.body if proposal is not None else {}
+        args = json.dumps(jsonable(body.get("args")), ensure_ascii=False)
+        self.executions[cid] = Execution(
+            seq,
+            cid,
+            str(body.get("command", "?")),
+            args if len(args) <= 120 else args[:119] + "…",
+            proposal.actor if proposal is not None else None,
+            body.get("confidence"),
+            sorted(life.approvals),
+            allowed,
+        )
+        self.executions.move_to_end(cid)
+        while len(self.executions) > _EXECUTIONS_KEPT:
+            self.executions.popitem(last=False)
 
     # -- after the pass ---------------------------------------------------------------------
     def root_of(self, record: CheckpointRecord) -> tuple[bytes, int]:
@@ -727,6 +789,7 @@ async def audit(
     if report.messages and not report.checkpoints and outside and not any(c.records for c in outside):
         auditor.add(Finding(None, "warn", "no_checkpoints", "there are no signed checkpoints yet"))
     report.findings.sort(key=lambda f: (f.seq is None, f.seq or 0, f.severity != "fail"))
+    report.executions = sorted(auditor.executions.values(), key=lambda e: e.seq)
     return report
 
 
@@ -992,6 +1055,33 @@ def write_html(report: AuditReport, path: Path) -> None:
                 msg=esc(finding.message),
             )
         )
+    ran_rows = []
+    for run in report.executions:
+        approved = ", ".join(run.approved_by) or ("not needed" if run.allowed else "nobody")
+        proposer = f"{run.proposed_by} ({run.confidence})" if run.proposed_by else "nobody"
+        ran_rows.append(
+            "<tr class='{cls}'><td>{seq}</td><td>{what}</td><td>{who}</td><td>{approved}</td><td>{ok}</td>"
+            "<td>{result}</td></tr>".format(
+                cls="" if run.allowed else "fail",
+                seq=run.seq,
+                what=esc(f"{run.command} {run.args}"),
+                who=esc(proposer),
+                approved=esc(approved),
+                ok="yes" if run.allowed else "NO",
+                result=esc(run.outcome or "no result recorded"),
+            )
+        )
+    shown = len(report.executions)
+    ran = (
+        f"<p>The {'latest ' if shown < report.commands_executed else ''}{shown} of {report.commands_executed} "
+        "commands that were started: what ran, which agent proposed it (and how sure it was), who approved it, "
+        "and how it ended.</p><table><thead><tr><th>Event #</th><th>What ran</th><th>Proposed by</th>"
+        "<th>Approved by</th><th>Allowed</th><th>Result</th></tr></thead><tbody>"
+        + "".join(ran_rows)
+        + "</tbody></table>"
+        if ran_rows
+        else "<p>No command was started.</p>"
+    )
     omitted = "".join(
         f"<p>{n} more finding(s) of the kind “{esc(_KIND_WORDS.get(k, k))}” are not listed.</p>"
         for k, n in report.omitted.items()
@@ -1033,6 +1123,8 @@ so far, kept both in the log and in separate files, so that deleting or changing
 <h2>Findings</h2>
 {table}
 {omitted}
+<h2>What ran, and who allowed it</h2>
+{ran}
 </body></html>
 """
     path.write_text(page, encoding="utf-8")
