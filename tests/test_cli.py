@@ -127,6 +127,8 @@ def test_up_say_events_keys_and_clean_stop(running: tuple[Path, subprocess.Popen
     approved = cli(data_dir, "approve", command_id, "--wait", "--json")
     assert '"command.succeeded"' in approved.stdout and "approved-from-cli" in approved.stdout
 
+    listed = cli(data_dir, "events").stdout  # for people: each command event names its command
+    assert any("command.succeeded" in line and command_id in line for line in listed.splitlines()), listed
     events = [json.loads(line) for line in cli(data_dir, "events", "--json").stdout.splitlines()]
     assert events[0]["type"] == "key.registered" and events[0]["verified"] == [events[0]["actor"]]
     assert all(e["problem"] is None for e in events), [e for e in events if e["problem"]]

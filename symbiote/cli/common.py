@@ -20,7 +20,7 @@ from symbiote.cli.chain import EventRow
 from symbiote.errors import SymbioteError
 from symbiote.home import DataDir, default_data_dir
 from symbiote.logs import configure_logging
-from symbiote.projections.fold import output_said
+from symbiote.projections.fold import command_id_of, output_said
 from symbiote.projections.jsontext import json_text
 
 __all__ = [
@@ -124,7 +124,9 @@ def _print_row(row: EventRow, *, compact: bool = False) -> None:
         console.print(f"  {plain(f'{event.type:<28}')} {summary}", soft_wrap=True)
     else:
         kind, actor = plain(f"{event.type:<27}"), plain(f"{event.actor:<16}")
-        console.print(f"{row.seq:>6}  {kind} {actor} [dim]✓ {signed}[/dim]  {summary}", soft_wrap=True)
+        command_id = command_id_of(row.subject)
+        about = f"[dim]{command_id}[/dim]  " if command_id else ""  # which command, in the whole log
+        console.print(f"{row.seq:>6}  {kind} {actor} [dim]✓ {signed}[/dim]  {about}{summary}", soft_wrap=True)
 
 
 def _summary(kind: str, body: dict[str, Any]) -> str:
