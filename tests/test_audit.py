@@ -516,7 +516,7 @@ def test_cli_why_and_html_for_a_clean_log(nats_url: str, tmp_path: Path) -> None
     assert "Everything checks out" in page and "which cover all of it" in page
     # what ran, for people: the echo, proposed by the agent, needing no approval, succeeded
     ran = page.split("What ran, and who allowed it")[1]
-    assert "echo" in ran and "agent:main (0.9)" in ran and "not needed" in ran and "succeeded" in ran
+    assert "echo" in ran and "agent:main (sure at 0.9)" in ran and "not needed" in ran and "succeeded" in ran
     runner = CliRunner()
     args = ["--data-dir", str(home.root), "--nats-url", nats_url]
     result = runner.invoke(_app(), ["why", command_id, *args, "--json"])

@@ -84,6 +84,7 @@ def approvals(data_dir: DataDirOpt = None, nats_url: NatsOpt = None, as_json: Js
             console.print(f"[bold]{plain(item['command_id'])}[/bold]", soft_wrap=True)
             console.print(plain(f"  {item['command']} {json.dumps(item['args'], ensure_ascii=False)}"))
             console.print(plain(f"  risk: {item['risk']}"))
+            console.print(plain(f"  who: {item['policy']}"))
             console.print(plain(f"  sandbox: {sandbox}   signed: {signed}"))
             console.print(f"  [dim]approve: symbiote approve {plain(item['command_id'])}[/dim]", soft_wrap=True)
 

@@ -125,7 +125,7 @@ class Execution:
     seq: int
     command_id: str
     command: str
-    args: str  # short JSON
+    args: Any  # as JSON values
     proposed_by: str | None
     confidence: Any
     approved_by: list[str]
@@ -461,12 +461,11 @@ class _Auditor:
     def _executed(self, cid: str, life: CommandLife, seq: int, allowed: bool) -> None:
         proposal = life.proposal
         body = proposal.body if proposal is not None else {}
-        args = json.dumps(jsonable(body.get("args")), ensure_ascii=False)
         self.executions[cid] = Execution(
             seq,
             cid,
             str(body.get("command", "?")),
-            args if len(args) <= 120 else args[:119] + "…",
+            jsonable(body.get("args")),
             proposal.actor if proposal is not None else None,
             body.get("confidence"),
             sorted(life.approvals),
@@ -1058,13 +1057,15 @@ def write_html(report: AuditReport, path: Path) -> None:
     ran_rows = []
     for run in report.executions:
         approved = ", ".join(run.approved_by) or ("not needed" if run.allowed else "nobody")
-        proposer = f"{run.proposed_by} ({run.confidence})" if run.proposed_by else "nobody"
+        proposer = f"{run.proposed_by} (sure at {run.confidence})" if run.proposed_by else "nobody"
+        args = json.dumps(run.args, ensure_ascii=False)
+        args = args if len(args) <= 120 else args[:119] + "…"
         ran_rows.append(
             "<tr class='{cls}'><td>{seq}</td><td>{what}</td><td>{who}</td><td>{approved}</td><td>{ok}</td>"
             "<td>{result}</td></tr>".format(
                 cls="" if run.allowed else "fail",
                 seq=run.seq,
-                what=esc(f"{run.command} {run.args}"),
+                what=esc(f"{run.command} {args}"),
                 who=esc(proposer),
                 approved=esc(approved),
                 ok="yes" if run.allowed else "NO",
