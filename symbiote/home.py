@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -107,13 +108,12 @@ class DataDir:
         path = self.nats_token_file
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            try:  # O_EXCL: of two first starts at once, one writes the token and both read it
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass
-            else:
-                with os.fdopen(fd, "w") as out:
-                    out.write(secrets.token_urlsafe(32) + "\n")
+            # O_EXCL: only the first start makes the token (of two at once, one), every start reads it
+            with (
+                contextlib.suppress(FileExistsError),
+                os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out,
+            ):
+                out.write(secrets.token_urlsafe(32) + "\n")
             os.chmod(path, 0o600)
             token = path.read_text().strip()
         except OSError as exc:

@@ -198,7 +198,7 @@ async def test_a_folder_with_a_tiny_cache_folds_the_same_rows(actors: Actors) ->
     reloads = 0
     for start in range(0, len(msgs), 3):  # small batches: a command's events span several
         batch = [decode(m) for m in msgs[start : start + 3]]
-        evicted = set(tiny._evicted)
+        evicted = set(tiny._tracks.evicted)
         folded = []
         for folder in (roomy, tiny):
             await folder.prepare(batch)

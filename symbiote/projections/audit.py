@@ -29,7 +29,7 @@ import html
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -45,7 +45,7 @@ from symbiote.projections.checkpoints import (
     load_checkpoint_files,
     load_checkpoint_rows,
 )
-from symbiote.projections.fold import command_histories, command_id_of, jsonable, output_said
+from symbiote.projections.fold import RecentCommands, command_histories, command_id_of, jsonable, output_said
 from symbiote.projections.verify import (
     CHECKPOINT_SUBJECT,
     CachedKeyring,
@@ -108,14 +108,7 @@ class Finding:
     command_id: str | None = None
 
     def as_map(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "severity": self.severity,
-            "kind": self.kind,
-            "message": self.message,
-            "event_id": self.event_id,
-            "command_id": self.command_id,
-        }
+        return asdict(self)
 
 
 @dataclass
@@ -133,17 +126,7 @@ class Execution:
     outcome: str | None = None  # succeeded, failed, or None while none is in the log
 
     def as_map(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "command_id": self.command_id,
-            "command": self.command,
-            "args": self.args,
-            "proposed_by": self.proposed_by,
-            "confidence": self.confidence,
-            "approved_by": self.approved_by,
-            "allowed": self.allowed,
-            "outcome": self.outcome,
-        }
+        return asdict(self)
 
 
 _EXECUTIONS_KEPT = 1000
@@ -271,7 +254,6 @@ class _Auditor:
     def __init__(self, report: AuditReport, bus: Bus | None = None, *, cache_size: int = 10_000) -> None:
         self.report = report
         self.bus = bus
-        self.cache_size = cache_size
         self.keyring = CachedKeyring()
         self.state = RegistryState(keyring=self.keyring)
         self.expected = 1
@@ -281,9 +263,8 @@ class _Auditor:
         self.entry_times: list[int] = []  # when the server stored each entry (ms; 0 if unknown)
         self.checkpoint_msgs: dict[int, bytes] = {}
         self.gaps: list[tuple[int, int]] = []
-        self.lives: OrderedDict[str, list[tuple[int, Envelope]]] = OrderedDict()
+        self.lives: RecentCommands[list[tuple[int, Envelope]]] = RecentCommands(cache_size)
         self.executions: OrderedDict[str, Execution] = OrderedDict()  # the latest starts, for the report
-        self.evicted: set[str] = set()
         self.seen_ids: dict[str, int] = {}
         self._counts: dict[str, int] = {}
 
@@ -298,18 +279,12 @@ class _Auditor:
     # -- the ordered pass -------------------------------------------------------------------
     async def prepare(self, batch: Sequence[Decoded]) -> None:
         """Read back the histories of the evicted commands that go on in ``batch``."""
-        wanted = list(dict.fromkeys(cid for item in batch if (cid := command_id_of(item.subject)) in self.evicted))
+        evicted = self.lives.evicted
+        wanted = list(dict.fromkeys(cid for item in batch if (cid := command_id_of(item.subject)) in evicted))
         if not wanted or self.bus is None:
             return
         for cid, events in (await command_histories(self.bus, wanted, batch[0].seq)).items():
-            self.lives[cid] = events
-            self.evicted.discard(cid)
-
-    def evict(self) -> None:
-        """Forget the histories of the least recently active commands beyond ``cache_size``."""
-        while len(self.lives) > self.cache_size:
-            cid, _ = self.lives.popitem(last=False)
-            self.evicted.add(cid)
+            self.lives.put(cid, events)
 
     def message(self, item: Decoded, stored_ms: int = 0) -> None:
         report = self.report
@@ -429,11 +404,7 @@ class _Auditor:
             )
 
     def _command_event(self, cid: str, event: Envelope, seq: int) -> None:
-        before = self.lives.get(cid)
-        if before is None:
-            before = self.lives[cid] = []
-        else:
-            self.lives.move_to_end(cid)
+        before = self.lives.touch(cid, list)
         if event.type == "command.started":
             self.report.commands_executed += 1
             life = fold_command(cid, before, self.state)
@@ -764,7 +735,7 @@ async def audit(
             await auditor.prepare(decoded)
             for msg, item in zip(chunk, decoded, strict=True):
                 auditor.message(item, msg.time_ms)
-            auditor.evict()
+            auditor.lives.evict()
             if progress is not None and chunk:
                 progress(chunk[-1].seq, report.stream_last_seq)
             chunk.clear()

@@ -20,7 +20,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from symbiote.bus.envelope import Envelope, from_wire
 from symbiote.bus.ids import is_event_id
@@ -41,6 +41,7 @@ __all__ = [
     "REGISTRY_COLUMNS",
     "Folder",
     "MemoryRow",
+    "RecentCommands",
     "Rows",
     "command_histories",
     "command_id_of",
@@ -240,6 +241,48 @@ class Rows:
         self.memory += later.memory
 
 
+V = TypeVar("V")
+
+
+class RecentCommands(Generic[V]):
+    """Per-command state of the ``size`` most recently active commands; of the others only the
+    ids are kept (:attr:`evicted`), so that their state can be read back when they go on."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.evicted: set[str] = set()
+        self._items: OrderedDict[str, V] = OrderedDict()
+
+    def __contains__(self, command_id: str) -> bool:
+        return command_id in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, command_id: str) -> V | None:
+        return self._items.get(command_id)
+
+    def touch(self, command_id: str, make: Callable[[], V]) -> V:
+        """The command's state (``make()`` for a new one), marked as the most recently active."""
+        state = self._items.get(command_id)
+        if state is None:
+            state = self._items[command_id] = make()
+        else:
+            self._items.move_to_end(command_id)
+        return state
+
+    def put(self, command_id: str, state: V) -> None:
+        """Keep ``state`` for the command (e.g. read back after it was evicted)."""
+        self._items[command_id] = state
+        self.evicted.discard(command_id)
+
+    def evict(self) -> None:
+        """Forget the state of the least recently active commands beyond ``size``."""
+        while len(self._items) > self.size:
+            command_id, _ = self._items.popitem(last=False)
+            self.evicted.add(command_id)
+
+
 @dataclass
 class _Track:
     """One command's life folded so far (its decodable events, in order), and the signature
@@ -267,11 +310,9 @@ class Folder:
         self.keyring = CachedKeyring()
         self.state = RegistryState(keyring=self.keyring)
         self.memory = memory
-        self.cache_size = cache_size
         self.position = 0  # last stream sequence folded (or primed)
         self.origin = 1  # first sequence this folder saw every message from
-        self._tracks: OrderedDict[str, _Track] = OrderedDict()
-        self._evicted: set[str] = set()
+        self._tracks: RecentCommands[_Track] = RecentCommands(cache_size)
         self._touched_kids: set[str] = set()
         self._touched_names: set[str] = set()
 
@@ -313,12 +354,12 @@ class Folder:
             cid = command_id_of(item.subject)
             if cid is None or cid in self._tracks or cid in unseen:
                 continue
-            if cid in self._evicted:
+            if cid in self._tracks.evicted:
                 wanted.append(cid)
                 unseen[cid] = None
             elif self.origin > 1:
                 unseen[cid] = None
-        candidates = [cid for cid in unseen if cid not in self._evicted]
+        candidates = [cid for cid in unseen if cid not in self._tracks.evicted]
         if candidates:
             if earlier is None:
                 wanted.extend(candidates)
@@ -327,12 +368,11 @@ class Folder:
                 wanted.extend(cid for cid in candidates if cid in known)
                 for cid in candidates:
                     if cid not in known:
-                        self._tracks[cid] = _Track(CommandLife(cid))  # nothing before the origin: start empty
+                        self._tracks.put(cid, _Track(CommandLife(cid)))  # nothing before the origin: start empty
         if not wanted:
             return
         for cid, events in (await command_histories(self.bus, wanted, first)).items():
-            self._tracks[cid] = _Track(fold_command(cid, events, self.state))
-            self._evicted.discard(cid)
+            self._tracks.put(cid, _Track(fold_command(cid, events, self.state)))
 
     # -- folding ----------------------------------------------------------------------------
     def fold(self, batch: Sequence[Decoded]) -> Rows:
@@ -372,7 +412,7 @@ class Folder:
                 rows.registry[name] = row
         self._touched_kids.clear()
         self._touched_names.clear()
-        self._evict()
+        self._tracks.evict()
         return rows
 
     def _fold_one(self, item: Decoded, rows: Rows, touched: dict[str, None]) -> None:
@@ -428,7 +468,7 @@ class Folder:
             )
         )
         if cid is not None:
-            track = self._track(cid)
+            track = self._tracks.touch(cid, lambda: _Track(CommandLife(cid)))
             if event.type in ("command.approved", "command.rejected"):
                 rows.approvals.append(self._approval_row(cid, track, event, item.seq, verdict))
             fold_event(track.life, item.seq, event, self.state)
@@ -467,19 +507,6 @@ class Folder:
             name = body.get("command")
             if isinstance(name, str):
                 self._touched_names.add(name)
-
-    def _track(self, cid: str) -> _Track:
-        track = self._tracks.get(cid)
-        if track is None:
-            track = self._tracks[cid] = _Track(CommandLife(cid))
-        else:
-            self._tracks.move_to_end(cid)
-        return track
-
-    def _evict(self) -> None:
-        while len(self._tracks) > self.cache_size:
-            cid, _ = self._tracks.popitem(last=False)
-            self._evicted.add(cid)
 
     # -- rows -------------------------------------------------------------------------------
     def _approval_row(self, cid: str, track: _Track, event: Envelope, seq: int, verdict: Verdict) -> tuple[Any, ...]:
