@@ -31,6 +31,8 @@ from symbiote.api import (
     ApiServer,
     PairingStore,
     PendingApproval,
+    SessionError,
+    SessionStore,
     TelegramNotifier,
     create_app,
     describe_risk,
@@ -38,9 +40,13 @@ from symbiote.api import (
     ensure_certificate,
     format_telegram_message,
     proof_message,
+    session_message,
+    session_proof,
 )
+from symbiote.api import app as api_app
+from symbiote.api.sessions import SESSION_COOKIE
 from symbiote.api.tls import CERT_FILE, KEY_FILE
-from symbiote.bootstrap import initialize, register_key
+from symbiote.bootstrap import initialize, register_key, revoke_key
 from symbiote.bus.envelope import Envelope, from_wire, make_event
 from symbiote.bus.ids import now_ms
 from symbiote.bus.stream import Bus
@@ -51,6 +57,7 @@ from symbiote.home import DataDir
 from symbiote.registry.definition import CommandDefinition
 from symbiote.registry.follower import RegistryFollower
 from symbiote.registry.state import default_definitions
+from symbiote.signers.keyring import KeyEntry, Keyring
 from symbiote.signers.keys import SigningKey, sign_event
 
 pytestmark = pytest.mark.timeout(60)
@@ -83,9 +90,18 @@ async def stack(nats_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
             ApiServer(bus, home, "127.0.0.1", 0) as api,
             httpx.AsyncClient(base_url=api.url, verify=tls_context(api), timeout=10) as client,
         ):
+            await open_session(client, home.load_key("user"))
             yield Stack(bus, home, api, client, dispatcher)
     finally:
         await bus.close()
+
+
+async def open_session(client: httpx.AsyncClient, key: SigningKey) -> dict[str, Any]:
+    """Open a read session with ``key`` (the client keeps the cookie)."""
+    nonce = (await client.get("/api/session/challenge")).json()["nonce"]
+    resp = await client.post("/api/session", json=session_proof(key, nonce))
+    assert resp.status_code == 201, resp.text
+    return dict(resp.json())
 
 
 async def propose(bus: Bus, home: DataDir, command: str, args: dict[str, Any], *, corr: str | None = None) -> Envelope:
@@ -377,6 +393,109 @@ async def test_stream_shows_new_approvals_within_a_second(stack: Stack) -> None:
                 pass
             await stopping
         await stack.api.stop()
+
+
+# -- read sessions ------------------------------------------------------------------------------
+_READS = ("/api/events", "/api/commands", "/api/approvals", "/api/approvals/stream", "/api/session")
+
+
+async def test_reading_the_log_needs_a_session_of_a_paired_key(stack: Stack) -> None:
+    proposal = await propose(stack.bus, stack.home, "shell.run", {"argv": ["echo", "private"]})
+    user, agent = stack.home.load_key("user"), stack.home.load_key("agent")
+    async with httpx.AsyncClient(base_url=stack.api.url, verify=tls_context(stack.api), timeout=10) as stranger:
+        for path in (*_READS, f"/api/commands/{proposal.id}"):
+            resp = await stranger.get(path)
+            assert resp.status_code == 401, (path, resp.text)
+            assert resp.json()["error"] == "no_session"
+            assert "private" not in resp.text
+        for path in ("/api/health", f"/api/keys?kid={user.kid}", "/api/session/challenge"):
+            assert (await stranger.get(path)).status_code == 200, path
+        assert (await stranger.get("/api/events", headers={"authorization": "Bearer made-up"})).status_code == 401
+
+        async def proof(key: SigningKey, signer: SigningKey | None = None) -> dict[str, str]:
+            nonce = (await stranger.get("/api/session/challenge")).json()["nonce"]
+            body = session_proof(signer or key, nonce)
+            return {**body, "kid": key.kid}
+
+        refusals = [
+            (await proof(user, SigningKey.generate("user:me")), 401, "bad_signature"),
+            (await proof(SigningKey.generate("user:me")), 401, "unknown_key"),
+            (await proof(agent), 403, "wrong_role"),
+            ({**await proof(user), "nonce": "never-issued"}, 401, "bad_challenge"),
+        ]
+        for body, status, reason in refusals:
+            resp = await stranger.post("/api/session", json=body)
+            assert (resp.status_code, resp.json()["error"]) == (status, reason), resp.text
+        assert not stranger.cookies
+        good = await proof(user)
+        opened = await stranger.post("/api/session", json=good)
+        assert opened.status_code == 201, opened.text
+        assert opened.json()["principal"] == "user:me"
+        cookie = opened.headers["set-cookie"].lower()
+        assert all(flag in cookie for flag in ("httponly", "secure", "samesite=strict", "path=/api"))
+        assert (await stranger.post("/api/session", json=good)).json()["error"] == "bad_challenge"  # single use
+        assert (await stranger.get(f"/api/commands/{proposal.id}")).json()["command"]["command"] == "shell.run"
+        assert (await stranger.get("/api/session")).json()["kid"] == user.kid
+        token = stranger.cookies[SESSION_COOKIE]
+    # scripts send the token as a bearer token
+    async with httpx.AsyncClient(base_url=stack.api.url, verify=tls_context(stack.api), timeout=10) as script:
+        bearer = {"authorization": f"Bearer {token}"}
+        assert (await script.get("/api/events", headers=bearer)).status_code == 200
+        assert (await script.delete("/api/session", headers=bearer)).status_code == 204
+        assert (await script.get("/api/events", headers=bearer)).json()["error"] == "no_session"
+
+
+async def test_revoking_a_key_ends_its_sessions_and_streams(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api_app, "_KEEP_ALIVE_S", 0.2)
+    phone = SigningKey.generate("user:me")
+    owner = stack.home.load_key("owner")
+    await register_key(stack.bus, owner, phone.kid, phone.principal)
+    async with httpx.AsyncClient(base_url=stack.api.url, verify=tls_context(stack.api), timeout=10) as client:
+        await open_session(client, phone)
+        assert (await client.get("/api/approvals")).status_code == 200
+        async with client.stream("GET", "/api/approvals/stream") as resp:
+            lines = resp.aiter_lines()
+            assert (await _next_event(lines))[0] == "approvals"
+            await revoke_key(stack.bus, owner, phone.kid, phone.principal)
+            async with asyncio.timeout(5):  # the stream ends, without the server stopping
+                async for _ in lines:
+                    pass
+        resp = await client.get("/api/approvals")
+        assert (resp.status_code, resp.json()["error"]) == (401, "no_session")  # the session was dropped
+        nonce = (await client.get("/api/session/challenge")).json()["nonce"]
+        again = await client.post("/api/session", json=session_proof(phone, nonce))
+        assert (again.status_code, again.json()["error"]) == (403, "revoked_key")
+
+
+def test_sessions_expire_and_stay_bounded() -> None:
+    now = [1000.0]
+    store = SessionStore(lifetime_s=60, challenge_s=5, limit=3, clock=lambda: now[0])
+    keyring = Keyring()
+    key = SigningKey.generate("user:me")
+    keyring.keys[key.kid] = KeyEntry(key.kid, key.principal, "user", registered_seq=1)
+
+    def opened() -> str:
+        nonce = store.challenge()
+        return store.open(keyring, key.kid, nonce, base64.b64decode(session_proof(key, nonce)["sig"]))[0]
+
+    late = store.challenge()
+    now[0] += 6
+    with pytest.raises(SessionError) as refused:
+        store.open(keyring, key.kid, late, key.sign(session_message(late, key.kid)))
+    assert refused.value.reason == "bad_challenge"
+    tokens = [opened() for _ in range(4)]
+    with pytest.raises(SessionError):
+        store.check(keyring, tokens[0])  # the oldest was dropped to stay within the limit
+    assert store.check(keyring, tokens[3]).principal == "user:me"
+    now[0] += 61
+    with pytest.raises(SessionError) as expired:
+        store.check(keyring, tokens[3])
+    assert expired.value.reason == "no_session"
+    nonces = [store.challenge() for _ in range(10)]  # only the 3 newest stay open
+    with pytest.raises(SessionError) as dropped:
+        store.open(keyring, key.kid, nonces[6], key.sign(session_message(nonces[6], key.kid)))
+    assert dropped.value.reason == "bad_challenge"
+    assert store.open(keyring, key.kid, nonces[9], key.sign(session_message(nonces[9], key.kid)))[1].kid == key.kid
 
 
 async def _next_event(lines: AsyncIterator[str]) -> tuple[str, Any]:

@@ -213,6 +213,17 @@ async def test_pair_approve_and_reject_on_the_phone(browser: Any, system: tuple[
         await page.locator("#main-view").wait_for(state="visible")
         assert await page.locator("#me-principal").text_content() == "user:alice"
         assert await page.locator("#key-problem").is_hidden()
+        await page.locator("#conn.live").wait_for(timeout=5_000)
+
+        # the computer restarts: its read sessions are gone; the page signs in again by itself
+        port = api.bound_port
+        await api.stop()
+        async with ApiServer(bus, home, "127.0.0.1", port) as again:
+            third = await propose(bus, home, ["echo", "after", "restart"], text="again")
+            card3 = page.locator(f'article.card[data-command-id="{third.id}"]')
+            await card3.locator(".verify.ok").wait_for(timeout=15_000)
+            await page.locator("#conn.live").wait_for(timeout=5_000)
+            assert [s.principal for s in again.board.state.keyring.by_principal("user:alice")] == ["user:alice"]
 
 
 def lie_about_args(pending: PendingApproval) -> PendingApproval:

@@ -5,6 +5,7 @@ from symbiote.api.board import ApprovalBoard
 from symbiote.api.models import CommandView, PendingApproval, describe_risk, describe_sandbox
 from symbiote.api.notify import Notifier, SseChannel, TelegramNotifier, format_telegram_message
 from symbiote.api.pairing import PairingError, PairingStore, PairingTicket, pairing_url, proof_message
+from symbiote.api.sessions import Session, SessionError, SessionStore, session_message, session_proof
 from symbiote.api.tls import TlsMaterial, ensure_certificate, fingerprint_of, load_certificate
 
 __all__ = [
@@ -17,6 +18,9 @@ __all__ = [
     "PairingStore",
     "PairingTicket",
     "PendingApproval",
+    "Session",
+    "SessionError",
+    "SessionStore",
     "SseChannel",
     "TelegramNotifier",
     "TlsMaterial",
@@ -29,4 +33,6 @@ __all__ = [
     "load_certificate",
     "pairing_url",
     "proof_message",
+    "session_message",
+    "session_proof",
 ]

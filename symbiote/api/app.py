@@ -15,6 +15,13 @@ Routes (all under ``/api``; the page is served from ``/``):
 ``POST /api/requests``          a signed ``input.text``
 ``POST /api/pair``              register a phone's key with a one-time code
 ``GET  /api/keys``              what a kid is registered as (the page checks its own key)
+``GET  /api/session/challenge`` a one-time nonce to sign
+``POST /api/session``           open a read session with a paired key's signature of a nonce
+``GET  /api/session``           the session's principal and end
+``DELETE /api/session``         end the session
+
+The reads of the log (events, commands, approvals and their stream) need a read session
+(:mod:`symbiote.api.sessions`); health, pairing and the key lookup do not.
 """
 
 from __future__ import annotations
@@ -31,16 +38,18 @@ from typing import Annotated, Any
 
 import structlog
 import uvicorn
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request, Response, Security
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from symbiote.api.board import ApprovalBoard
 from symbiote.api.models import CommandView, PendingApproval, view_of
-from symbiote.api.notify import Notifier
+from symbiote.api.notify import Notifier, SseMessage
 from symbiote.api.pairing import PairingError, PairingStore, normalize_code, proof_message
+from symbiote.api.sessions import SESSION_COOKIE, Session, SessionError, SessionStore
 from symbiote.api.tls import TlsMaterial, ensure_certificate, format_fingerprint, lan_addresses
 from symbiote.api.wire import b64decode, envelope_from_json, event_json
 from symbiote.bootstrap import register_key
@@ -68,6 +77,9 @@ __all__ = [
     "KeyInfo",
     "PairRequest",
     "PairResult",
+    "SessionChallenge",
+    "SessionInfo",
+    "SessionRequest",
     "Submission",
     "create_app",
 ]
@@ -136,6 +148,29 @@ class KeyInfo(BaseModel):
     active: bool
     registered_seq: int
     revoked_seq: int | None = None
+
+
+class SessionChallenge(BaseModel):
+    """A single-use nonce to sign for :class:`SessionRequest`."""
+
+    nonce: str
+    expires_in_s: float
+
+
+class SessionRequest(BaseModel):
+    """A paired key's signature of a challenge."""
+
+    kid: str = Field(description="the signing key: ed25519:<unpadded base64url of the public key>")
+    nonce: str = Field(description="the nonce from GET /api/session/challenge")
+    sig: str = Field(description="base64 Ed25519 signature of b'symbiote/session/v1\\0' + nonce + b'\\0' + kid")
+
+
+class SessionInfo(BaseModel):
+    """An open read session."""
+
+    principal: str
+    kid: str
+    expires_at: int = Field(description="Unix time in milliseconds")
 
 
 class EventRow(BaseModel):
@@ -222,6 +257,36 @@ async def _board(request: Request) -> ApprovalBoard:
 
 
 _BoardDep = Annotated[ApprovalBoard, Depends(_board)]
+_SESSION_STATUS = {"revoked_key": 403, "wrong_role": 403}
+_cookie_scheme = APIKeyCookie(name=SESSION_COOKIE, auto_error=False, description="the read session (the page's)")
+_bearer_scheme = HTTPBearer(auto_error=False, description="the read session's token, for scripts")
+
+
+def _session_refusal(exc: SessionError) -> ApiRefusal:
+    return ApiRefusal(_SESSION_STATUS.get(exc.reason, 401), exc.reason, exc.message)
+
+
+def _token(
+    cookie: Annotated[str | None, Security(_cookie_scheme)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer_scheme)],
+) -> str | None:
+    return bearer.credentials if bearer is not None else cookie
+
+
+_TokenDep = Annotated[str | None, Depends(_token)]
+
+
+async def _reader(request: Request, b: _BoardDep, token: _TokenDep) -> Session:
+    """The read session of the request (cookie or bearer token), checked against the registry now."""
+    await b.sync()
+    sessions: SessionStore = request.app.state.sessions
+    try:
+        return sessions.check(b.state.keyring, token)
+    except SessionError as exc:
+        raise _session_refusal(exc) from exc
+
+
+_ReaderDep = Annotated[Session, Depends(_reader)]
 
 
 def create_app(
@@ -236,6 +301,7 @@ def create_app(
     own_board = board is None
     the_board = board if board is not None else ApprovalBoard(bus)
     pairing = PairingStore(home.root)
+    sessions = SessionStore()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -254,6 +320,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.board = the_board
+    app.state.sessions = sessions
     app.add_middleware(_SecurityHeaders)
 
     @app.exception_handler(ApiRefusal)
@@ -275,6 +342,7 @@ def create_app(
     @app.get("/api/events", tags=["log"])
     async def events(
         b: _BoardDep,
+        _: _ReaderDep,
         from_seq: Annotated[int, Query(ge=1, description="first stream sequence")] = 1,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
         subject: Annotated[str, Query(pattern=r"^sym(\.[A-Za-z0-9_*>-]+)*(\.>)?$|^sym\.>$")] = "sym.>",
@@ -289,17 +357,16 @@ def create_app(
     @app.get("/api/commands", tags=["commands"])
     async def commands(
         b: _BoardDep,
+        _: _ReaderDep,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         state: Annotated[str | None, Query(description="only commands in this state")] = None,
     ) -> list[CommandView]:
         """Commands' folded states, the most recently changed first."""
-        await b.sync()
         return b.commands(limit=limit, state=state)
 
     @app.get("/api/commands/{command_id}", tags=["commands"])
-    async def command(b: _BoardDep, command_id: str) -> CommandDetail:
+    async def command(b: _BoardDep, _: _ReaderDep, command_id: str) -> CommandDetail:
         """One command's state and its events."""
-        await b.sync()
         life = b.life(command_id)
         if life is None:
             raise ApiRefusal(404, "unknown_command", "no such command", command_id=command_id)
@@ -307,10 +374,9 @@ def create_app(
         return CommandDetail(command=view_of(life), events=rows)
 
     @app.get("/api/approvals", tags=["approvals"])
-    async def approvals(b: _BoardDep) -> list[PendingApproval]:
+    async def approvals(b: _BoardDep, _: _ReaderDep) -> list[PendingApproval]:
         """Commands waiting for approval: what they do, their risk and sandbox in plain words, who may
         sign and who has, the digest to sign and the proposal's wire bytes to check it against."""
-        await b.sync()
         return b.pending()
 
     @app.get(
@@ -319,11 +385,20 @@ def create_app(
         response_class=StreamingResponse,
         responses={200: {"content": {"text/event-stream": {}}}},
     )
-    async def approvals_stream(b: _BoardDep) -> StreamingResponse:
+    async def approvals_stream(b: _BoardDep, _: _ReaderDep, token: _TokenDep) -> StreamingResponse:
         """Server-sent events: ``approvals`` (the whole pending list and recent commands, on every
-        change) and ``announce`` (one newly pending approval)."""
+        change) and ``announce`` (one newly pending approval). The stream ends when its session
+        does (expired, closed, or its key revoked)."""
+
+        def still_open() -> bool:
+            try:
+                sessions.check(b.state.keyring, token)
+            except SessionError:
+                return False
+            return True
+
         return StreamingResponse(
-            _sse(b),
+            _sse(b, still_open),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", "Connection": "close"},
         )
@@ -390,6 +465,48 @@ def create_app(
         pairing.write_receipt(code, {"principal": ticket.principal, "kid": body.kid, "seq": seq})
         log.info("api.paired", principal=ticket.principal, kid=body.kid, seq=seq)
         return PairResult(principal=ticket.principal, kid=body.kid, seq=seq)
+
+    @app.get("/api/session/challenge", tags=["session"])
+    async def session_challenge() -> SessionChallenge:
+        """A single-use nonce, to sign with a paired key for ``POST /api/session``."""
+        return SessionChallenge(nonce=sessions.challenge(), expires_in_s=sessions.challenge_s)
+
+    @app.post("/api/session", status_code=201, tags=["session"])
+    async def session_open(b: _BoardDep, body: SessionRequest, response: Response) -> SessionInfo:
+        """Open a read session: the signature of a fresh challenge by a registered, unrevoked user
+        (or owner) key. The token comes back as an ``HttpOnly`` cookie; send it as the cookie or as
+        ``Authorization: Bearer``."""
+        try:
+            sig = b64decode(body.sig)
+        except DecodeError as exc:
+            raise ApiRefusal(400, "malformed", "sig is not base64") from exc
+        await b.sync()
+        try:
+            token, session = sessions.open(b.state.keyring, body.kid, body.nonce, sig)
+        except SessionError as exc:
+            raise _session_refusal(exc) from exc
+        response.set_cookie(
+            SESSION_COOKIE,
+            token,
+            max_age=int(sessions.lifetime_s),
+            path="/api",
+            secure=True,
+            httponly=True,
+            samesite="strict",
+        )
+        log.info("api.session", principal=session.principal, kid=session.kid)
+        return SessionInfo(principal=session.principal, kid=session.kid, expires_at=session.expires_at)
+
+    @app.get("/api/session", tags=["session"])
+    async def session_info(session: _ReaderDep) -> SessionInfo:
+        """The principal and end of this request's session."""
+        return SessionInfo(principal=session.principal, kid=session.kid, expires_at=session.expires_at)
+
+    @app.delete("/api/session", status_code=204, tags=["session"])
+    async def session_close(token: _TokenDep, response: Response) -> None:
+        """End this request's session (nothing to end is fine)."""
+        sessions.close(token)
+        response.delete_cookie(SESSION_COOKIE, path="/api", secure=True, httponly=True, samesite="strict")
 
     @app.get("/api/keys", tags=["pairing"])
     async def key_info(b: _BoardDep, kid: Annotated[str, Query(description="the kid to look up")]) -> KeyInfo:
@@ -495,19 +612,22 @@ def _row(board: ApprovalBoard, seq: int, subject: str, data: bytes) -> EventRow:
     )
 
 
-async def _sse(board: ApprovalBoard) -> AsyncIterator[bytes]:
+async def _sse(board: ApprovalBoard, still_open: Callable[[], bool]) -> AsyncIterator[bytes]:
     async with board.channel.subscribe() as queue:
         yield b"retry: 2000\n\n"
         yield board.snapshot_message().encode()
         while True:
             try:
-                message = await asyncio.wait_for(queue.get(), 15.0)
+                message = await asyncio.wait_for(queue.get(), _KEEP_ALIVE_S)
             except TimeoutError:
-                yield b": keep-alive\n\n"
-                continue
-            if message is None:
+                message = _KEEP_ALIVE
+            if message is None or not still_open():
                 return
-            yield message.encode()
+            yield b": keep-alive\n\n" if message is _KEEP_ALIVE else message.encode()
+
+
+_KEEP_ALIVE_S = 15.0  # also how soon a stream notices that its session ended
+_KEEP_ALIVE = SseMessage("", "")
 
 
 # -- the server -------------------------------------------------------------------------------

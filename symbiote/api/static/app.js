@@ -13,6 +13,7 @@ const $ = (id) => document.getElementById(id);
 const DB_NAME = "symbiote";
 const STORE = "device";
 const PAIR_DOMAIN = new TextEncoder().encode("symbiote/pair/v1\u0000");
+const SESSION_DOMAIN = new TextEncoder().encode("symbiote/session/v1\u0000");
 
 const state = {
   device: null, // {privateKey, publicKey, kid, principal}
@@ -20,6 +21,7 @@ const state = {
   answered: new Map(), // command_id -> text shown after answering
   pending: [],
   source: null,
+  retry: null, // the timer of the next attempt to open a session and reconnect
 };
 
 // -- IndexedDB: the device key (a non-extractable CryptoKey) --------------------------------
@@ -99,6 +101,29 @@ async function api(path, options = {}) {
   return data;
 }
 
+function joined(...parts) {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/** Open a read session: sign the server's one-time challenge with this phone's key. The
+ * session is an HttpOnly cookie; the log is not readable without one. */
+async function openSession() {
+  const { nonce } = await api("/api/session/challenge");
+  const enc = new TextEncoder();
+  const message = joined(SESSION_DOMAIN, enc.encode(nonce), new Uint8Array([0]), enc.encode(state.device.kid));
+  const sig = await sign(message);
+  return api("/api/session", {
+    method: "POST",
+    body: JSON.stringify({ kid: state.device.kid, nonce, sig: toBase64(sig) }),
+  });
+}
+
 async function sign(bytes) {
   return new Uint8Array(await crypto.subtle.sign({ name: "Ed25519" }, state.device.privateKey, bytes));
 }
@@ -145,13 +170,8 @@ async function pair() {
   const keys = await crypto.subtle.generateKey({ name: "Ed25519" }, false, ["sign", "verify"]);
   const raw = new Uint8Array(await crypto.subtle.exportKey("raw", keys.publicKey));
   const kid = kidOf(raw);
-  const kidBytes = new TextEncoder().encode(kid);
-  const codeBytes = new TextEncoder().encode(code);
-  const message = new Uint8Array(PAIR_DOMAIN.length + codeBytes.length + 1 + kidBytes.length);
-  message.set(PAIR_DOMAIN, 0);
-  message.set(codeBytes, PAIR_DOMAIN.length);
-  message[PAIR_DOMAIN.length + codeBytes.length] = 0;
-  message.set(kidBytes, PAIR_DOMAIN.length + codeBytes.length + 1);
+  const enc = new TextEncoder();
+  const message = joined(PAIR_DOMAIN, enc.encode(code), new Uint8Array([0]), enc.encode(kid));
   const proof = new Uint8Array(await crypto.subtle.sign({ name: "Ed25519" }, keys.privateKey, message));
   $("pair-status").textContent = "Registering the key…";
   const result = await api("/api/pair", {
@@ -173,7 +193,7 @@ function showMain() {
   $("me-kid").textContent = state.device.kid.slice(0, 16) + "…";
   document.body.dataset.paired = state.device.principal;
   checkKey();
-  connect();
+  goLive();
   if ("Notification" in window && Notification.permission === "default") {
     $("notify-button").hidden = false;
     $("notify-button").onclick = async () => {
@@ -183,6 +203,7 @@ function showMain() {
   }
   $("forget-button").onclick = async () => {
     if (!confirm("Forget this phone's key? You will need to pair again.")) return;
+    await api("/api/session", { method: "DELETE" }).catch(() => {});
     await dbDelete("self");
     location.reload();
   };
@@ -218,12 +239,38 @@ async function ask() {
   $("ask-text").value = "";
 }
 
+/** Open a session, then the live stream; when the stream is refused (the session ended: the
+ * computer restarted, or it expired), open a new session and reconnect. */
+async function goLive() {
+  clearTimeout(state.retry);
+  try {
+    await openSession();
+  } catch (e) {
+    if (e.reason === "revoked_key" || e.reason === "unknown_key") {
+      setConn("offline", "not allowed");
+      checkKey(); // says what to do
+      return;
+    }
+    setConn("offline", "cannot sign in: " + e.message);
+    state.retry = setTimeout(goLive, 5000);
+    return;
+  }
+  connect();
+}
+
 function connect() {
   if (state.source) state.source.close();
   const source = new EventSource("/api/approvals/stream");
   state.source = source;
   source.addEventListener("open", () => setConn("live", "live"));
-  source.addEventListener("error", () => setConn("offline", "reconnecting…"));
+  source.addEventListener("error", () => {
+    setConn("offline", "reconnecting…");
+    // a network error reconnects by itself; a refusal (no session) closes the stream for good
+    if (source.readyState === EventSource.CLOSED && state.source === source) {
+      clearTimeout(state.retry);
+      state.retry = setTimeout(goLive, 1000);
+    }
+  });
   source.addEventListener("approvals", (e) => render(JSON.parse(e.data)));
   source.addEventListener("announce", (e) => announce(JSON.parse(e.data)));
 }
