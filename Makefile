@@ -9,11 +9,14 @@ LOG_LEVEL ?= warning
 
 .PHONY: install system-deps run test lint typecheck pytest bench clean
 
+# bubblewrap, prlimit: the sandbox; chromium: the phone page tests; libsodium: fast signature checks;
+# espeak-ng: speech for the voice tests and benchmark
 system-deps:
 	@missing=""; \
 	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v prlimit >/dev/null || missing="$$missing util-linux"; \
+	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
 	ldconfig -p | grep -q libsodium || missing="$$missing libsodium23"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \

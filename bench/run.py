@@ -19,6 +19,7 @@ BENCHES = [
     ("bench.bench_dispatch", "bench_dispatch"),
     ("bench.bench_approval", "bench_approval"),
     ("bench.bench_replay", "bench_replay"),
+    ("bench.bench_voice", "bench_voice"),
 ]
 TARGETS = {
     "dispatch_ratio": ">= 0.5",
@@ -29,6 +30,7 @@ TARGETS = {
     "approval_p99_ms": "< 50",
     "replay_per_s": ">= 10000",
     "projection_lag_p99_ms": "< 100",
+    "voice_rtf": "<= 0.15",
 }
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,6 +112,29 @@ def test_up_say_events_keys_and_clean_stop(running: tuple[Path, subprocess.Popen
     assert lines[-1]["body"]["output"] == {"text": "hello cli"}
     assert lines[-1]["verified"] == ["runtime:main"]
 
+    # spoken: the recording is transcribed here, and the transcript is a signed input.voice
+    espeak = shutil.which("espeak-ng") or pytest.fail("espeak-ng is not installed: `make test` installs it")
+    speech = tmp_path / "request.wav"
+    subprocess.run(
+        [espeak, "-v", "en-us", "-s", "130", "-w", str(speech), "please echo good morning to everyone"], check=True
+    )
+    spoken = [
+        json.loads(line)
+        for line in cli(data_dir, "say", "--audio", str(speech), "--wait", "--json").stdout.splitlines()
+    ]
+    assert "good morning" in spoken[0]["heard"].lower() and spoken[0]["audio_ms"] > 1000, spoken[0]
+    assert spoken[1]["type"] == "input.voice"
+    assert [row["type"] for row in spoken[2:]] == ["command.proposed", "command.started", "command.succeeded"]
+    assert "good morning" in spoken[-1]["body"]["output"]["text"].lower()
+    quiet = tmp_path / "quiet.wav"
+    with wave.open(str(quiet), "wb") as recording:
+        recording.setnchannels(1)
+        recording.setsampwidth(2)
+        recording.setframerate(16_000)
+        recording.writeframes(bytes(2 * 16_000))
+    silent = cli(data_dir, "say", "--audio", str(quiet), check=False)
+    assert silent.returncode == 1 and "no speech was heard" in silent.stderr, silent.stdout + silent.stderr
+
     risky = cli(data_dir, "say", "run echo approved-from-cli", "--wait", "--json")
     request = json.loads(risky.stdout.splitlines()[-1])
     assert request["type"] == "command.approval_requested"
@@ -178,3 +203,5 @@ def test_commands_fail_clearly_when_the_runtime_is_down(tmp_path: Path) -> None:
     result = cli(tmp_path / "nowhere", "say", "echo hi", check=False)
     assert result.returncode == 1
     assert "symbiote up" in result.stderr
+    neither = cli(tmp_path / "nowhere", "say", check=False)
+    assert neither.returncode == 2 and "--audio" in neither.stderr

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Column, Table
 
+from symbiote.agents.voice import Transcriber, Transcript, voice_event
 from symbiote.bootstrap import define_command, initialize, register_key, revoke_key
 from symbiote.bus.envelope import make_event
 from symbiote.bus.stream import Bus, redact_url
@@ -31,7 +32,7 @@ from symbiote.cli.common import (
     err,
     plain,
 )
-from symbiote.errors import SymbioteError
+from symbiote.errors import ConfigError, SymbioteError
 from symbiote.home import DataDir
 from symbiote.lifecycle import tune_gc
 from symbiote.logs import configure_logging
@@ -224,20 +225,35 @@ def dispatcher(
 # -- say / events -----------------------------------------------------------------------------
 @app.command()
 def say(
-    text: Annotated[str, typer.Argument(help="What you ask for")],
+    text: Annotated[str | None, typer.Argument(help="What you ask for (or --audio)")] = None,
+    audio: Annotated[
+        Path | None,
+        typer.Option(
+            "--audio",
+            help="Say it out loud instead: a recording (WAV, MP3, OGG, M4A, WebM…), transcribed on this machine",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Print what happens to the request")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait")] = 30.0,
     data_dir: DataDirOpt = None,
     nats_url: NatsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Publish a signed typed request (``input.text``)."""
+    """Publish a signed request: typed (``input.text``) or spoken (``input.voice``, with --audio)."""
     home = _home(data_dir)
+    if (text is None) == (audio is None):
+        err.print("[red]error:[/red] give either TEXT or --audio FILE")
+        raise typer.Exit(2)
 
     async def go() -> None:
         async with _bus(home, nats_url) as bus:
             user = home.load_key("user")
-            event = sign_event(make_event("input.text", user.principal, {"text": text}), user)
+            if audio is not None:
+                event = voice_event(await _transcribe(audio, as_json), user)
+            else:
+                event = sign_event(make_event("input.text", user.principal, {"text": text}), user)
             ack = await bus.publish(event)
             if as_json:
                 print(json.dumps({"id": event.id, "seq": ack.seq, "type": event.type}), flush=True)
@@ -249,6 +265,19 @@ def say(
                     _emit(row, as_json)
 
     _run(go)
+
+
+async def _transcribe(audio: Path, as_json: bool) -> Transcript:
+    """Transcribe a recording for ``say --audio`` and show what was heard; refuse silence."""
+    transcript = await Transcriber().transcribe_async(audio)
+    if as_json:
+        heard = {"heard": transcript.text, "audio_ms": transcript.audio_ms, "seconds": round(transcript.seconds, 3)}
+        print(json.dumps(heard), flush=True)
+    else:
+        console.print(plain(f"heard: {transcript.text or '(nothing)'}"), soft_wrap=True)
+    if not transcript.text:
+        raise ConfigError("no speech was heard in the recording: nothing sent", path=str(audio))
+    return transcript
 
 
 @app.command()
