@@ -11,7 +11,9 @@ import base64
 import hashlib
 import json
 import os
+import shutil
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -248,6 +250,41 @@ async def test_requests_are_verified_before_they_are_appended(stack: Stack) -> N
     # exactly the two verified requests reached the log
     appended = [from_wire(m.data) for m in await stack.bus.history("sym.in.>", before + 1)]
     assert [e.body["text"] for e in appended] == ["echo hi", "json form"]
+
+
+# -- speaking from the phone: POST /api/transcribe, then a signed input.voice -------------------
+async def test_a_recording_is_transcribed_then_signed_as_voice_input(stack: Stack, tmp_path: Path) -> None:
+    espeak = shutil.which("espeak-ng") or pytest.fail("espeak-ng is not installed: `make test` installs it")
+    speech = tmp_path / "speech.wav"
+    subprocess.run(
+        [espeak, "-v", "en-us", "-s", "130", "-w", str(speech), "please echo good morning to everyone"], check=True
+    )
+    before = await stack.bus.last_seq()
+    async with httpx.AsyncClient(base_url=stack.api.url, verify=tls_context(stack.api), timeout=30) as stranger:
+        refused = await stranger.post("/api/transcribe", content=speech.read_bytes())
+        assert (refused.status_code, refused.json()["error"]) == (401, "no_session")
+    resp = await stack.client.post(
+        "/api/transcribe", content=speech.read_bytes(), headers={"content-type": "audio/wav"}
+    )
+    assert resp.status_code == 200, resp.text
+    heard = resp.json()
+    assert "good morning" in heard["text"].lower() and heard["audio_ms"] > 1000, heard
+    assert (heard["model"], heard["language"]) == ("tiny.en", "en")
+    for bad, status, reason in ((b"", 400, "empty"), (bytes(range(256)) * 20, 422, "undecodable_audio")):
+        resp = await stack.client.post("/api/transcribe", content=bad)
+        assert (resp.status_code, resp.json()["error"]) == (status, reason), resp.text
+    assert await stack.bus.last_seq() == before  # transcribing appends nothing
+
+    user = stack.home.load_key("user")
+    body = {k: heard[k] for k in ("text", "audio_ms", "model", "language")}
+    spoken = sign_event(make_event("input.voice", user.principal, body), user)
+    resp = await stack.client.post("/api/requests", json=wire_b64(spoken))
+    assert resp.status_code == 202, resp.text
+    silent = sign_event(make_event("input.voice", user.principal, {**body, "text": " "}), user)
+    resp = await stack.client.post("/api/requests", json=wire_b64(silent))
+    assert (resp.status_code, resp.json()["error"]) == (400, "empty")
+    appended = [(m.subject, from_wire(m.data).id) for m in await stack.bus.history("sym.in.>", before + 1)]
+    assert appended == [("sym.in.voice", spoken.id)]
 
 
 # -- GET /api/events, /api/commands ------------------------------------------------------------

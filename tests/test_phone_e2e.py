@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -251,3 +252,46 @@ async def test_page_refuses_to_sign_when_the_server_lies(browser: Any, system: t
         await asyncio.sleep(0.5)
         types = [e.type for e in await events_of(bus, proposal.id)]
         assert types == ["command.proposed", "command.approval_requested"]
+
+
+async def test_speak_a_request_on_the_phone(chromium_path: str, system: tuple[Bus, DataDir], tmp_path: Path) -> None:
+    """The phone records (Chromium's fake microphone plays espeak-ng speech), the computer
+    transcribes, the page shows the text, and the phone signs it as an input.voice that runs."""
+    espeak = shutil.which("espeak-ng") or pytest.fail("espeak-ng is not installed: `make test` installs it")
+    speech = tmp_path / "speech.wav"
+    words = "please echo good morning to everyone"
+    subprocess.run([espeak, "-v", "en-us", "-s", "130", "-w", str(speech), words], check=True, timeout=30)
+    bus, home = system
+    microphone = [
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={speech}%noloop",
+    ]
+    async with (
+        playwright_async.async_playwright() as pw,
+        ApiServer(bus, home, "127.0.0.1", 0) as api,
+    ):
+        chromium = await pw.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS + microphone)
+        try:
+            context = await chromium.new_context(ignore_https_errors=True, permissions=["microphone"])
+            page = await pair(context, home, api, "carol")
+            phone_kid = api.board.state.keyring.by_principal("user:carol")[0].kid
+            await page.locator("details.ask summary").click()
+            await page.locator("#speak-button").click()
+            await page.locator("#speak-button.recording").wait_for(timeout=5_000)
+            await asyncio.sleep(4.0)  # the recording: the speech is about 3 s long
+            await page.locator("#speak-button").click()
+            await page.locator("#ask-status", has_text="Heard this").wait_for(timeout=20_000)
+            heard = await page.locator("#ask-text").input_value()
+            assert "good morning" in heard.lower(), heard
+            await page.screenshot(path=ARTIFACTS / "phone-06-heard.png", full_page=True)
+            before = await bus.last_seq()
+            await page.locator("#ask-form button[type=submit]").click()
+            await page.locator("#ask-status", has_text="Sent").wait_for(timeout=5_000)
+            spoken = [from_wire(m.data) for m in await bus.history("sym.in.voice", before + 1)]
+            assert [(e.actor, e.body["text"], [s.kid for s in e.sigs]) for e in spoken] == [
+                ("user:carol", heard, [phone_kid])
+            ]
+            assert spoken[0].body["model"] == "tiny.en" and spoken[0].body["audio_ms"] > 1000
+        finally:
+            await chromium.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import os
 import time
 from dataclasses import dataclass
@@ -27,11 +28,13 @@ from symbiote.bus.envelope import Envelope, make_event
 from symbiote.errors import ConfigError, DecodeError
 from symbiote.signers.keys import SigningKey, sign_event
 
-__all__ = ["MODEL_NAME", "SAMPLE_RATE", "Transcriber", "Transcript", "bundled_model_dir", "voice_event"]
+__all__ = ["MODEL_NAME", "SAMPLE_RATE", "Audio", "Transcriber", "Transcript", "bundled_model_dir", "voice_event"]
 
 MODEL_NAME = "tiny.en"
 SAMPLE_RATE = 16_000
 _MAX_TEXT = 8000  # the longest text an input event holds
+Audio = Path | str | bytes | np.ndarray[Any, Any]
+"""A recording: a file's path, the bytes of an audio file, or 16 kHz mono float32 samples."""
 
 
 def bundled_model_dir() -> Path:
@@ -94,11 +97,18 @@ class Transcriber:
         except (RuntimeError, OSError, ValueError) as exc:
             raise ConfigError("cannot load the speech model", folder=str(folder), error=str(exc)) from exc
 
-    def transcribe(self, audio: Path | str | np.ndarray[Any, Any]) -> Transcript:
-        """Transcribe an audio file or 16 kHz mono float32 samples (blocking; see :meth:`transcribe_async`)."""
-        source: Any = str(audio) if isinstance(audio, (Path, str)) else np.asarray(audio, dtype=np.float32)
-        if isinstance(source, str) and not Path(source).is_file():
-            raise ConfigError("no such audio file", path=source)
+    def transcribe(self, audio: Audio) -> Transcript:
+        """Transcribe an audio file, a recording's bytes, or 16 kHz mono float32 samples (blocking;
+        see :meth:`transcribe_async`)."""
+        source: Any
+        if isinstance(audio, (Path, str)):
+            source = str(audio)
+            if not Path(source).is_file():
+                raise ConfigError("no such audio file", path=source)
+        elif isinstance(audio, bytes):
+            source = io.BytesIO(audio)
+        else:
+            source = np.asarray(audio, dtype=np.float32)
         model = self.model
         started = time.perf_counter()
         try:
@@ -122,7 +132,7 @@ class Transcriber:
             seconds=seconds,
         )
 
-    async def transcribe_async(self, audio: Path | str | np.ndarray[Any, Any]) -> Transcript:
+    async def transcribe_async(self, audio: Audio) -> Transcript:
         """:meth:`transcribe` in a worker thread (the model releases the GIL while it computes)."""
         return await asyncio.to_thread(self.transcribe, audio)
 

@@ -12,7 +12,8 @@ Routes (all under ``/api``; the page is served from ``/``):
 ``GET  /api/approvals``         commands waiting for approval, described in plain words
 ``GET  /api/approvals/stream``  the same, live, as server-sent events
 ``POST /api/approvals``         a signed ``command.approved`` / ``command.rejected``
-``POST /api/requests``          a signed ``input.text``
+``POST /api/requests``          a signed ``input.text`` or ``input.voice``
+``POST /api/transcribe``        a recording's transcript (to show, then sign as ``input.voice``)
 ``POST /api/pair``              register a phone's key with a one-time code
 ``GET  /api/keys``              what a kid is registered as (the page checks its own key)
 ``GET  /api/session/challenge`` a one-time nonce to sign
@@ -45,6 +46,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from symbiote.agents.voice import Transcriber, Transcript
 from symbiote.api.board import ApprovalBoard
 from symbiote.api.models import CommandView, PendingApproval, view_of
 from symbiote.api.notify import Notifier, SseMessage
@@ -74,6 +76,7 @@ __all__ = [
     "EventPage",
     "EventRow",
     "Health",
+    "Heard",
     "KeyInfo",
     "PairRequest",
     "PairResult",
@@ -148,6 +151,16 @@ class KeyInfo(BaseModel):
     active: bool
     registered_seq: int
     revoked_seq: int | None = None
+
+
+class Heard(BaseModel):
+    """What a recording says: the body of the ``input.voice`` to sign, and how long it took."""
+
+    text: str
+    audio_ms: int
+    model: str
+    language: str
+    seconds: float
 
 
 class SessionChallenge(BaseModel):
@@ -295,6 +308,7 @@ def create_app(
     *,
     board: ApprovalBoard | None = None,
     fingerprint: str | None = None,
+    transcriber: Transcriber | None = None,
 ) -> FastAPI:
     """The API and the page. Without ``board`` the app makes its own, started on first use and
     stopped with the app's lifespan; :class:`ApiServer` passes one it runs itself."""
@@ -302,6 +316,7 @@ def create_app(
     the_board = board if board is not None else ApprovalBoard(bus)
     pairing = PairingStore(home.root)
     sessions = SessionStore()
+    hearing = _Hearing(transcriber)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -416,11 +431,14 @@ def create_app(
 
     @app.post("/api/requests", status_code=202, tags=["requests"])
     async def request(b: _BoardDep, submission: Submission) -> AcceptedEvent:
-        """Append a signed ``input.text`` after verifying its signature against the registry."""
+        """Append a signed ``input.text`` (typed) or ``input.voice`` (a transcript the person saw)
+        after verifying its signature against the registry."""
         event = _decode_submission(submission)
-        if event.type != "input.text":
-            raise ApiRefusal(400, "wrong_type", f"expected input.text, got {event.type}")
-        _parse(event)
+        if event.type not in ("input.text", "input.voice"):
+            raise ApiRefusal(400, "wrong_type", f"expected input.text or input.voice, got {event.type}")
+        body = _parse(event)
+        if not body.text.strip():
+            raise ApiRefusal(400, "empty", "the request says nothing")
         _check_clock(event)
         await b.sync()
         _check_signers(b, event, _INPUT_ROLES)
@@ -431,6 +449,30 @@ def create_app(
             raise ApiRefusal(409, "duplicate", "this request was already appended", event_id=event.id)
         log.info("api.request", event_id=event.id, actor=event.actor)
         return AcceptedEvent(id=event.id, type=event.type, seq=ack.seq)
+
+    @app.post(
+        "/api/transcribe",
+        tags=["requests"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"audio/*": {"schema": {"type": "string", "format": "binary"}}},
+            }
+        },
+    )
+    async def transcribe(request: Request, _: _ReaderDep) -> Heard:
+        """What a recording (any format FFmpeg reads; the page sends WebM/Opus) says, transcribed on
+        this machine. Nothing is appended: the page shows the text, and the person signs it as an
+        ``input.voice`` and posts it to ``/api/requests``."""
+        audio = await request.body()
+        if not audio:
+            raise ApiRefusal(400, "empty", "send the recording as the request body")
+        try:
+            heard = await hearing.transcribe(audio)
+        except DecodeError as exc:
+            raise ApiRefusal(422, "undecodable_audio", "the recording cannot be decoded") from exc
+        log.info("api.transcribed", audio_ms=heard.audio_ms, seconds=round(heard.seconds, 3))
+        return Heard(**heard.body(), seconds=round(heard.seconds, 3))
 
     @app.post("/api/pair", status_code=201, tags=["pairing"])
     async def pair(b: _BoardDep, body: PairRequest) -> PairResult:
@@ -589,6 +631,20 @@ async def _check_answer(board: ApprovalBoard, event: Envelope) -> str:
     if check.approve and check.principal in life.approvals:
         raise ApiRefusal(409, "duplicate", f"{check.principal} has already approved this command")
     return life.command_id
+
+
+class _Hearing:
+    """The API's transcriber: loaded on first use, one recording at a time (it uses every core)."""
+
+    def __init__(self, transcriber: Transcriber | None) -> None:
+        self._transcriber = transcriber
+        self._lock = asyncio.Lock()
+
+    async def transcribe(self, audio: bytes) -> Transcript:
+        async with self._lock:
+            if self._transcriber is None:
+                self._transcriber = Transcriber()
+            return await self._transcriber.transcribe_async(audio)
 
 
 def _row(board: ApprovalBoard, seq: int, subject: str, data: bytes) -> EventRow:

@@ -22,6 +22,8 @@ const state = {
   pending: [],
   source: null,
   retry: null, // the timer of the next attempt to open a session and reconnect
+  heard: null, // the last transcript: {text, audio_ms, model, language}
+  recorder: null, // the MediaRecorder while recording
 };
 
 // -- IndexedDB: the device key (a non-extractable CryptoKey) --------------------------------
@@ -207,6 +209,9 @@ function showMain() {
     await dbDelete("self");
     location.reload();
   };
+  $("speak-button").onclick = () => speak().catch((err) => {
+    $("ask-status").textContent = "Cannot record: " + err.message;
+  });
   $("ask-form").onsubmit = (e) => {
     e.preventDefault();
     ask().catch((err) => { $("ask-status").textContent = "Not sent: " + err.message; });
@@ -233,7 +238,12 @@ function keyProblem(text) {
 async function ask() {
   const text = $("ask-text").value.trim();
   if (!text) return;
-  const { wire } = await signedEvent("input.text", { text });
+  // what was heard, unchanged, is signed as a transcript; anything edited is typed text
+  const heard = state.heard && state.heard.text === text ? state.heard : null;
+  const { wire } = heard
+    ? await signedEvent("input.voice", { text, audio_ms: heard.audio_ms, model: heard.model, language: heard.language })
+    : await signedEvent("input.text", { text });
+  state.heard = null;
   const result = await api("/api/requests", { method: "POST", body: JSON.stringify({ wire: toBase64(wire) }) });
   $("ask-status").textContent = `Sent (${result.id.slice(0, 8)}…).`;
   $("ask-text").value = "";
@@ -256,6 +266,56 @@ async function goLive() {
     return;
   }
   connect();
+}
+
+/** Record from the microphone until pressed again, then have the computer transcribe it. The
+ * text is shown to be checked (and edited) before it is signed and sent. */
+async function speak() {
+  const button = $("speak-button");
+  if (state.recorder) {
+    state.recorder.stop();
+    return;
+  }
+  if (!navigator.mediaDevices?.getUserMedia || !window.MediaRecorder) {
+    $("ask-status").textContent = "This browser cannot record.";
+    return;
+  }
+  const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+  const recorder = new MediaRecorder(stream);
+  const chunks = [];
+  recorder.ondataavailable = (e) => { if (e.data.size) chunks.push(e.data); };
+  recorder.onstop = async () => {
+    stream.getTracks().forEach((t) => t.stop());
+    state.recorder = null;
+    button.classList.remove("recording");
+    button.textContent = "Speak";
+    $("ask-status").textContent = "Listening to it…";
+    try {
+      const blob = new Blob(chunks, { type: recorder.mimeType || "audio/webm" });
+      const post = () => fetch("/api/transcribe", { method: "POST", body: blob, headers: { "content-type": blob.type } });
+      let resp = await post();
+      if (resp.status === 401) { // the session ended (the computer restarted): sign in again
+        await openSession();
+        resp = await post();
+      }
+      const heard = await resp.json();
+      if (!resp.ok) throw new Error(heard.detail || `HTTP ${resp.status}`);
+      if (!heard.text.trim()) {
+        $("ask-status").textContent = "No speech was heard.";
+        return;
+      }
+      state.heard = heard;
+      $("ask-text").value = heard.text;
+      $("ask-status").textContent = "Heard this: check it, then send it (signed as what you said).";
+    } catch (e) {
+      $("ask-status").textContent = "Not understood: " + e.message;
+    }
+  };
+  state.recorder = recorder;
+  recorder.start();
+  button.classList.add("recording");
+  button.textContent = "Stop recording";
+  $("ask-status").textContent = "Recording… press Stop when you are done.";
 }
 
 function connect() {
