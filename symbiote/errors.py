@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AudioError",
     "BusError",
     "ConfigError",
     "ConflictError",
@@ -78,3 +79,12 @@ class SandboxError(SymbioteError):
 
 class SandboxUnavailable(SandboxError):
     """The sandbox backend is missing something it needs; nothing is run unsandboxed."""
+
+
+class AudioError(SymbioteError):
+    """A recording that cannot be transcribed; ``reason`` says why (``undecodable_audio``,
+    ``no_audio_stream``, ``too_long``, ``bad_samples``, ``no_speech``)."""
+
+    def __init__(self, message: str, reason: str, **fields: Any) -> None:
+        super().__init__(message, reason=reason, **fields)
+        self.reason = reason

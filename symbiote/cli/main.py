@@ -32,7 +32,7 @@ from symbiote.cli.common import (
     err,
     plain,
 )
-from symbiote.errors import ConfigError, SymbioteError
+from symbiote.errors import AudioError, SymbioteError
 from symbiote.home import DataDir
 from symbiote.lifecycle import tune_gc
 from symbiote.logs import configure_logging
@@ -271,12 +271,12 @@ async def _transcribe(audio: Path, as_json: bool) -> Transcript:
     """Transcribe a recording for ``say --audio`` and show what was heard; refuse silence."""
     transcript = await Transcriber().transcribe_async(audio)
     if as_json:
-        heard = {"heard": transcript.text, "audio_ms": transcript.audio_ms, "seconds": round(transcript.seconds, 3)}
-        print(json.dumps(heard), flush=True)
+        heard = {"type": "transcript", "heard": transcript.text, "audio_ms": transcript.audio_ms}
+        print(json.dumps({**heard, "seconds": round(transcript.seconds, 3)}), flush=True)
     else:
         console.print(plain(f"heard: {transcript.text or '(nothing)'}"), soft_wrap=True)
     if not transcript.text:
-        raise ConfigError("no speech was heard in the recording: nothing sent", path=str(audio))
+        raise AudioError("no speech was heard in the recording: nothing sent", "no_speech", path=str(audio))
     return transcript
 
 
