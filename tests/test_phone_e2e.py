@@ -277,21 +277,44 @@ async def test_speak_a_request_on_the_phone(chromium_path: str, system: tuple[Bu
             page = await pair(context, home, api, "carol")
             phone_kid = api.board.state.keyring.by_principal("user:carol")[0].kid
             await page.locator("details.ask summary").click()
-            await page.locator("#speak-button").click()
+            await page.evaluate(
+                """() => {  // count the microphone captures the page starts
+                  const media = navigator.mediaDevices, open = media.getUserMedia.bind(media);
+                  window.captures = 0;
+                  media.getUserMedia = (c) => { window.captures += 1; return open(c); };
+                }"""
+            )
+            await page.locator("#speak-button").dblclick()  # a double tap starts one recording
             await page.locator("#speak-button.recording").wait_for(timeout=5_000)
+            assert await page.evaluate("window.captures") == 1
             await asyncio.sleep(5.0)  # the recording: the speech is about 3.5 s long
             await page.locator("#speak-button").click()
             await page.locator("#ask-status", has_text="Heard this").wait_for(timeout=20_000)
             heard = await page.locator("#ask-text").input_value()
             assert "good morning" in heard.lower(), heard
             await page.screenshot(path=ARTIFACTS / "phone-06-heard.png", full_page=True)
+            assert "tiny.en" in (await page.locator("#ask-status").text_content() or "")
             before = await bus.last_seq()
-            await page.locator("#ask-form button[type=submit]").click()
-            await page.locator("#ask-status", has_text="Sent").wait_for(timeout=5_000)
-            spoken = [from_wire(m.data) for m in await bus.history("sym.in.voice", before + 1)]
-            assert [(e.actor, e.body["text"], [s.kid for s in e.sigs]) for e in spoken] == [
-                ("user:carol", heard, [phone_kid])
+            # corrected before sending: typed text, not a transcript
+            await page.locator("#ask-text").fill(heard + " please")
+            await send(page)
+            # sent as heard: the transcript, signed by the phone
+            await page.locator("#ask-text").fill(heard)
+            await send(page)
+            await page.locator("#ask-text").fill(heard)  # the transcript counts once
+            await send(page)
+            sent = [(m.subject, from_wire(m.data)) for m in await bus.history("sym.in.>", before + 1)]
+            assert [(subject, e.actor, e.body["text"], [s.kid for s in e.sigs]) for subject, e in sent] == [
+                ("sym.in.text", "user:carol", heard + " please", [phone_kid]),
+                ("sym.in.voice", "user:carol", heard, [phone_kid]),
+                ("sym.in.text", "user:carol", heard, [phone_kid]),
             ]
-            assert spoken[0].body["model"] == "tiny.en" and spoken[0].body["audio_ms"] > 1000
+            assert sent[1][1].body["model"] == "tiny.en" and sent[1][1].body["audio_ms"] > 1000
         finally:
             await chromium.close()
+
+
+async def send(page: Any) -> None:
+    """Press Send and wait until the page has sent it (it then empties the text)."""
+    await page.locator("#ask-form button[type=submit]").click()
+    await playwright_async.expect(page.locator("#ask-text")).to_have_value("", timeout=5_000)

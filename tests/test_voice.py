@@ -104,6 +104,7 @@ def test_what_cannot_be_transcribed_is_refused(
         (video, "no_audio_stream"),
         (np.zeros((2, 16_000), dtype=np.float32), "bad_samples"),  # stereo
         (np.zeros(16_000, dtype=np.int16), "bad_samples"),  # not scaled to [-1, 1]
+        (np.full(16_000, np.nan, dtype=np.float32), "bad_samples"),
     ]
     for audio, reason in cases:
         with pytest.raises(AudioError) as refused:

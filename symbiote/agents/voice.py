@@ -49,6 +49,7 @@ MODEL_FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt")
 SAMPLE_RATE = 16_000
 MAX_SECONDS = 600.0  # the longest recording transcribed (ten minutes)
 _MAX_TEXT = 8000  # the longest text an input event holds
+_MIN_RATE, _MAX_RATE = 8_000, 384_000  # the sample rates taken as audio
 Audio = Path | str | bytes | np.ndarray[Any, Any]
 """A recording: a file's path, the bytes of an audio file, or 16 kHz mono float32 samples."""
 
@@ -174,7 +175,7 @@ class Transcriber:
         """16 kHz mono float32 samples of ``audio``, at most ``max_seconds`` of them."""
         limit = int(self.max_seconds * SAMPLE_RATE)
         if isinstance(audio, np.ndarray):
-            if audio.ndim != 1 or not np.issubdtype(audio.dtype, np.floating):
+            if audio.ndim != 1 or not np.issubdtype(audio.dtype, np.floating) or not np.isfinite(audio).all():
                 raise AudioError("samples must be one channel of floats in [-1, 1] at 16 kHz", "bad_samples")
             if audio.size > limit:
                 raise AudioError(f"the recording is longer than {self.max_seconds:.0f} s", "too_long")
@@ -191,20 +192,32 @@ def _decode(source: Any, limit: int, max_seconds: float) -> np.ndarray[Any, np.d
     """Decode the first audio stream of a file to 16 kHz mono, stopping past ``limit`` samples."""
     import av
 
+    too_long = AudioError(f"the recording is longer than {max_seconds:.0f} s", "too_long")
     chunks: list[np.ndarray[Any, Any]] = []
     total = 0
+    heard = 0.0  # seconds of input decoded so far
     try:
         with av.open(source, mode="r", metadata_errors="ignore") as container:
             if not container.streams.audio:
                 raise AudioError("the file holds no audio", "no_audio_stream")
+            stream = container.streams.audio[0]
+            if container.duration is not None and container.duration / av.time_base > max_seconds:
+                raise too_long
             resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-            # one frame at a time (then None, to flush the resampler): a long file stops at the limit
-            for frame in itertools.chain(container.decode(container.streams.audio[0]), [None]):
+            # one frame at a time (then None, to flush the resampler), each checked before it is
+            # resampled: a small file that claims a long or very slow stream stops early
+            for frame in itertools.chain(container.decode(stream), [None]):
+                if frame is not None:
+                    if not _MIN_RATE <= frame.sample_rate <= _MAX_RATE:
+                        raise AudioError(f"a sample rate of {frame.sample_rate} Hz is not speech", "bad_samples")
+                    heard += frame.samples / frame.sample_rate
+                    if heard > max_seconds:
+                        raise too_long
                 for out in resampler.resample(frame):
                     chunk = out.to_ndarray().reshape(-1)
                     total += chunk.size
                     if total > limit:
-                        raise AudioError(f"the recording is longer than {max_seconds:.0f} s", "too_long")
+                        raise too_long
                     chunks.append(chunk)
     except (av.error.FFmpegError, ValueError, OSError, IndexError) as exc:  # PyAV's own, and bad containers
         raise AudioError("the recording cannot be decoded", "undecodable_audio", error=str(exc)[:300]) from exc

@@ -49,7 +49,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from symbiote.agents.voice import Transcriber, Transcript
 from symbiote.api.board import ApprovalBoard
 from symbiote.api.models import CommandView, PendingApproval, view_of
-from symbiote.api.notify import Notifier, SseMessage
+from symbiote.api.notify import WAKE, Notifier
 from symbiote.api.pairing import PairingError, PairingStore, normalize_code, proof_message
 from symbiote.api.sessions import SESSION_COOKIE, Session, SessionError, SessionStore
 from symbiote.api.tls import TlsMaterial, ensure_certificate, format_fingerprint, lan_addresses
@@ -234,11 +234,18 @@ class _SecurityHeaders:
             await self.app(scope, receive, send)
             return
         path = str(scope.get("path", ""))
+        too_big = ApiRefusal(413, "too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
         length = dict(scope.get("headers", [])).get(b"content-length", b"0")
         if not length.isdigit() or int(length) > MAX_BODY_BYTES:
-            too_big = ApiRefusal(413, "too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
             await _refusal(too_big)(scope, receive, send)
             return
+        if scope.get("method") not in ("GET", "HEAD", "OPTIONS"):
+            # read the body here, counting as it comes: a chunked body has no length to check first
+            body = await _read_body(receive, MAX_BODY_BYTES)
+            if body is None:
+                await _refusal(too_big)(scope, receive, send)
+                return
+            receive = _replay(body, receive)
 
         async def wrapped(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -253,6 +260,37 @@ class _SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, wrapped)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None as soon as it grows past ``limit`` bytes (or the client left)."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        part = message.get("body", b"")
+        size += len(part)
+        if size > limit:
+            return None
+        parts.append(part)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives ``body`` once, then what the client sends next (its disconnect)."""
+    given = False
+
+    async def replayed() -> Message:
+        nonlocal given
+        if given:
+            return await receive()
+        given = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed
 
 
 _CSP = (
@@ -270,7 +308,7 @@ async def _board(request: Request) -> ApprovalBoard:
 
 
 _BoardDep = Annotated[ApprovalBoard, Depends(_board)]
-_SESSION_STATUS = {"revoked_key": 403, "wrong_role": 403}
+_SESSION_STATUS = {"revoked_key": 403, "wrong_role": 403, "busy": 429}
 _cookie_scheme = APIKeyCookie(name=SESSION_COOKIE, auto_error=False, description="the read session (the page's)")
 _bearer_scheme = HTTPBearer(auto_error=False, description="the read session's token, for scripts")
 
@@ -514,7 +552,7 @@ def create_app(
         return SessionChallenge(nonce=sessions.challenge(), expires_in_s=sessions.challenge_s)
 
     @app.post("/api/session", status_code=201, tags=["session"])
-    async def session_open(b: _BoardDep, body: SessionRequest, response: Response) -> SessionInfo:
+    async def session_open(b: _BoardDep, body: SessionRequest, response: Response, previous: _TokenDep) -> SessionInfo:
         """Open a read session: the signature of a fresh challenge by a registered, unrevoked user
         (or owner) key. The token comes back as an ``HttpOnly`` cookie; send it as the cookie or as
         ``Authorization: Bearer``."""
@@ -527,6 +565,8 @@ def create_app(
             token, session = sessions.open(b.state.keyring, body.kid, body.nonce, sig)
         except SessionError as exc:
             raise _session_refusal(exc) from exc
+        if previous is not None and sessions.close(previous):  # the page signing in again
+            the_board.channel.wake()
         response.set_cookie(
             SESSION_COOKIE,
             token,
@@ -546,8 +586,9 @@ def create_app(
 
     @app.delete("/api/session", status_code=204, tags=["session"])
     async def session_close(token: _TokenDep, response: Response) -> None:
-        """End this request's session (nothing to end is fine)."""
-        sessions.close(token)
+        """End this request's session (nothing to end is fine); its streams end too."""
+        if sessions.close(token):
+            the_board.channel.wake()
         response.delete_cookie(SESSION_COOKIE, path="/api", secure=True, httponly=True, samesite="strict")
 
     @app.get("/api/keys", tags=["pairing"])
@@ -676,14 +717,13 @@ async def _sse(board: ApprovalBoard, still_open: Callable[[], bool]) -> AsyncIte
             try:
                 message = await asyncio.wait_for(queue.get(), _KEEP_ALIVE_S)
             except TimeoutError:
-                message = _KEEP_ALIVE
+                message = WAKE
             if message is None or not still_open():
                 return
-            yield b": keep-alive\n\n" if message is _KEEP_ALIVE else message.encode()
+            yield b": keep-alive\n\n" if message is WAKE else message.encode()
 
 
-_KEEP_ALIVE_S = 15.0  # also how soon a stream notices that its session ended
-_KEEP_ALIVE = SseMessage("", "")
+_KEEP_ALIVE_S = 15.0  # also how soon a stream notices that its session expired
 
 
 # -- the server -------------------------------------------------------------------------------

@@ -226,6 +226,8 @@ class ApprovalBoard:
         if subject.startswith("sym.reg."):
             if event.type in REGISTRY_TYPES:
                 self.registry_verdicts[msg.seq] = self.state.apply(event, msg.seq)
+                if event.type == "key.revoked":
+                    self.channel.wake()  # the streams of the revoked key's sessions end now
             return
         if subject.startswith("sym.in."):
             text = event.body.get("text")

@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 from symbiote.api.models import PendingApproval
 from symbiote.errors import ConfigError
 
-__all__ = ["Notifier", "SseChannel", "SseMessage", "TelegramNotifier", "format_telegram_message"]
+__all__ = ["WAKE", "Notifier", "SseChannel", "SseMessage", "TelegramNotifier", "format_telegram_message"]
 
 
 @runtime_checkable
@@ -42,6 +42,10 @@ class SseMessage:
         """The event in ``text/event-stream`` framing."""
         lines = "".join(f"data: {line}\n" for line in self.data.splitlines() or [""])
         return f"event: {self.event}\n{lines}\n".encode()
+
+
+WAKE = SseMessage("", "")
+"""Not an event: a stream that gets it checks its session and sends a comment at most."""
 
 
 class _Subscriber:
@@ -78,6 +82,11 @@ class SseChannel:
             if sub.queue.full():
                 _drain(sub.queue)
             sub.queue.put_nowait(message)
+
+    def wake(self) -> None:
+        """Have every stream check that its reader may still read (a key was revoked, a session
+        ended); streams that may go on send nothing."""
+        self.broadcast(WAKE)
 
     def close(self) -> None:
         """End every subscription (their streams finish); later subscriptions end at once."""

@@ -1,18 +1,22 @@
 """Read sessions: who may read the log through the API.
 
 The log holds everything the person asked and every result, so reading it takes a paired key.
-A client asks for a one-time challenge, signs ``b"symbiote/session/v1\\0" + nonce + b"\\0" + kid``
+A client asks for a challenge, signs ``b"symbiote/session/v1\\0" + nonce + b"\\0" + kid``
 with a registered, unrevoked ``user`` (or ``owner``) key, and gets a random session token (the
 page keeps it in an ``HttpOnly`` cookie; scripts may send it as ``Authorization: Bearer``).
 Every use checks again that the key is still registered and unrevoked, so revoking a phone's key
-ends its sessions at once. Challenges are single-use and short-lived; sessions live in memory
-and end with the process (the page then opens a new one with its key).
+ends its sessions at once. Challenges are short-lived and single-use, and stateless until used
+(a time, random bytes and an HMAC under a secret of this process), so nobody can crowd out
+another client's challenge by asking for many; only the challenges of sessions actually opened
+are remembered, until they expire. Sessions live in memory and end with the process (the page
+then opens a new one with its key).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import secrets
 import time
 from collections import OrderedDict
@@ -69,7 +73,7 @@ def session_proof(key: SigningKey, nonce: str) -> dict[str, str]:
 
 
 class SessionStore:
-    """Challenges and sessions, in memory; bounded (the oldest are dropped first)."""
+    """Challenges and sessions, in memory; at most ``limit`` sessions (the oldest are dropped first)."""
 
     def __init__(
         self,
@@ -83,35 +87,51 @@ class SessionStore:
         self.challenge_s = challenge_s
         self.limit = limit
         self.clock = clock
-        self._challenges: OrderedDict[str, float] = OrderedDict()  # nonce -> expiry (s)
+        self._secret = secrets.token_bytes(32)
+        self._used: OrderedDict[str, float] = OrderedDict()  # nonces of opened sessions -> their expiry (s)
         self._sessions: OrderedDict[bytes, Session] = OrderedDict()  # SHA-256 of the token -> session
 
     def challenge(self) -> str:
-        """A new single-use nonce, valid for ``challenge_s`` seconds."""
-        now = self.clock()
-        while self._challenges and (
-            len(self._challenges) >= self.limit or next(iter(self._challenges.values())) <= now
-        ):
-            self._challenges.popitem(last=False)
-        nonce = secrets.token_urlsafe(32)
-        self._challenges[nonce] = now + self.challenge_s
-        return nonce
+        """A new nonce, valid once for ``challenge_s`` seconds."""
+        stamp = int(self.clock() * 1000).to_bytes(8, "big") + secrets.token_bytes(16)
+        return _b64url(stamp + self._mac(stamp))
 
     def open(self, keyring: Keyring, kid: str, nonce: str, sig: bytes) -> tuple[str, Session]:
         """Check the proof and open a session; returns (token, session)."""
-        expiry = self._challenges.pop(nonce, None)  # single use, even when the proof fails
-        if expiry is None or expiry <= self.clock():
+        now = self.clock()
+        self._forget_used(now)
+        expires = self._expiry(nonce)
+        if expires is None or expires <= now or nonce in self._used:
             raise SessionError("the challenge is unknown, used or expired: ask for a new one", "bad_challenge")
         if not verify_sig(kid, sig, session_message(nonce, kid)):
             raise SessionError("the signature does not verify with this key", "bad_signature", kid=kid)
         entry = self._usable(keyring, kid)
+        if len(self._used) >= self.limit * 10:
+            raise SessionError("too many sessions opened just now: try again in a minute", "busy")
+        self._used[nonce] = expires
         token = secrets.token_urlsafe(32)
-        expires_at = int((self.clock() + self.lifetime_s) * 1000)
-        session = Session(kid, entry.principal, expires_at)
+        session = Session(kid, entry.principal, int((now + self.lifetime_s) * 1000))
         while len(self._sessions) >= self.limit:
             self._sessions.popitem(last=False)
         self._sessions[_digest(token)] = session
         return token, session
+
+    def _mac(self, stamp: bytes) -> bytes:
+        return hmac.new(self._secret, stamp, hashlib.sha256).digest()[:16]
+
+    def _expiry(self, nonce: str) -> float | None:
+        """When ``nonce`` expires, if this process issued it; None otherwise."""
+        try:
+            raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
+        except (ValueError, UnicodeEncodeError):
+            return None
+        if len(raw) != 40 or not hmac.compare_digest(raw[24:], self._mac(raw[:24])):
+            return None
+        return int.from_bytes(raw[:8], "big") / 1000 + self.challenge_s
+
+    def _forget_used(self, now: float) -> None:
+        while self._used and next(iter(self._used.values())) <= now:
+            self._used.popitem(last=False)
 
     def check(self, keyring: Keyring, token: str | None) -> Session:
         """The session of ``token``, if it is open and its key still registered and unrevoked."""
@@ -143,6 +163,10 @@ class SessionStore:
         if entry.role not in SESSION_ROLES:
             raise SessionError(f"{entry.role} keys cannot read through the API", "wrong_role", kid=kid)
         return entry
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def _digest(token: str) -> bytes:

@@ -79,8 +79,8 @@ class InputVoice(Body):
     SUBJECT = "sym.in.voice"
     text: str = Field(max_length=8000)
     audio_ms: int = Field(ge=0)
-    model: str
-    language: str
+    model: str = Field(min_length=1, max_length=64)
+    language: str = Field(min_length=1, max_length=16)
 
 
 class InputSystem(Body):

@@ -22,6 +22,7 @@ const state = {
   pending: [],
   source: null,
   retry: null, // the timer of the next attempt to open a session and reconnect
+  backoff: 1000, // how long the next attempt waits
   heard: null, // the last transcript: {text, audio_ms, model, language}
   recorder: null, // the MediaRecorder while recording
 };
@@ -240,10 +241,10 @@ async function ask() {
   if (!text) return;
   // what was heard, unchanged, is signed as a transcript; anything edited is typed text
   const heard = state.heard && state.heard.text === text ? state.heard : null;
+  if (heard) state.heard = null;
   const { wire } = heard
     ? await signedEvent("input.voice", { text, audio_ms: heard.audio_ms, model: heard.model, language: heard.language })
     : await signedEvent("input.text", { text });
-  state.heard = null;
   const result = await api("/api/requests", { method: "POST", body: JSON.stringify({ wire: toBase64(wire) }) });
   $("ask-status").textContent = `Sent (${result.id.slice(0, 8)}…).`;
   $("ask-text").value = "";
@@ -256,16 +257,23 @@ async function goLive() {
   try {
     await openSession();
   } catch (e) {
-    if (e.reason === "revoked_key" || e.reason === "unknown_key") {
+    if (e.status === 403 || e.reason === "unknown_key") {
       setConn("offline", "not allowed");
       checkKey(); // says what to do
       return;
     }
     setConn("offline", "cannot sign in: " + e.message);
-    state.retry = setTimeout(goLive, 5000);
+    retryLater();
     return;
   }
   connect();
+}
+
+/** Try again later, waiting twice as long each time (1 s up to a minute) until the stream opens. */
+function retryLater() {
+  clearTimeout(state.retry);
+  state.retry = setTimeout(goLive, state.backoff);
+  state.backoff = Math.min(state.backoff * 2, 60_000);
 }
 
 /** Record from the microphone until pressed again, then have the computer transcribe it. The
@@ -273,15 +281,23 @@ async function goLive() {
 async function speak() {
   const button = $("speak-button");
   if (state.recorder) {
-    state.recorder.stop();
-    return;
+    if (state.recorder.state === "recording") state.recorder.stop();
+    return; // still starting (asking for the microphone): this press changes nothing
   }
   if (!navigator.mediaDevices?.getUserMedia || !window.MediaRecorder) {
     $("ask-status").textContent = "This browser cannot record.";
     return;
   }
-  const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
-  const recorder = new MediaRecorder(stream);
+  state.recorder = { state: "starting" }; // taken at once, so a second press cannot start another
+  let stream, recorder;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+    recorder = new MediaRecorder(stream);
+  } catch (e) {
+    stream?.getTracks().forEach((t) => t.stop());
+    state.recorder = null;
+    throw e;
+  }
   const chunks = [];
   recorder.ondataavailable = (e) => { if (e.data.size) chunks.push(e.data); };
   recorder.onstop = async () => {
@@ -304,9 +320,14 @@ async function speak() {
         $("ask-status").textContent = "No speech was heard.";
         return;
       }
+      if (!Number.isInteger(heard.audio_ms) || heard.audio_ms < 0 || !/^[\w.-]{1,64}$/.test(heard.model) ||
+          !/^[a-z]{2,8}$/.test(heard.language)) {
+        throw new Error("the computer's answer is malformed");
+      }
       state.heard = heard;
       $("ask-text").value = heard.text;
-      $("ask-status").textContent = "Heard this: check it, then send it (signed as what you said).";
+      $("ask-status").textContent = `Heard this (${(heard.audio_ms / 1000).toFixed(1)} s, ${heard.model}, ` +
+        `${heard.language}): check it, then send it, signed as what you said.`;
     } catch (e) {
       $("ask-status").textContent = "Not understood: " + e.message;
     }
@@ -322,14 +343,14 @@ function connect() {
   if (state.source) state.source.close();
   const source = new EventSource("/api/approvals/stream");
   state.source = source;
-  source.addEventListener("open", () => setConn("live", "live"));
+  source.addEventListener("open", () => {
+    state.backoff = 1000;
+    setConn("live", "live");
+  });
   source.addEventListener("error", () => {
     setConn("offline", "reconnecting…");
     // a network error reconnects by itself; a refusal (no session) closes the stream for good
-    if (source.readyState === EventSource.CLOSED && state.source === source) {
-      clearTimeout(state.retry);
-      state.retry = setTimeout(goLive, 1000);
-    }
+    if (source.readyState === EventSource.CLOSED && state.source === source) retryLater();
   });
   source.addEventListener("approvals", (e) => render(JSON.parse(e.data)));
   source.addEventListener("announce", (e) => announce(JSON.parse(e.data)));
