@@ -164,6 +164,7 @@ async def bench_replay(events: int = 30_000, rate: int = 1000, seconds: float = 
                 "replay_per_s": round(report.per_s),
                 "replay_events": report.events,
                 "replay_seconds": round(report.seconds, 2),
+                "replay_setup_seconds": round(report.setup_seconds, 2),
                 "replay_cpus": os.cpu_count(),
             }
             results.update(await measure_lag(setup.bus, pg.dsn, load, rate))

@@ -19,6 +19,8 @@ __all__ = [
     "MAX_EVENT_BYTES",
     "Envelope",
     "Sig",
+    "check_wire",
+    "envelope_of",
     "from_accepted_wire",
     "from_wire",
     "make_event",
@@ -160,6 +162,19 @@ def make_event(
 
 def from_wire(data: bytes, *, max_size: int = MAX_EVENT_BYTES) -> Envelope:
     """Decode and validate wire bytes; raise :class:`DecodeError` (with ``event_id`` when readable)."""
+    return envelope_of(*check_wire(data, max_size=max_size))
+
+
+def envelope_of(raw: dict[str, Any], signing_input: bytes) -> Envelope:
+    """The envelope of what :func:`check_wire` returned (the map becomes the envelope's fields)."""
+    event = _envelope_of(raw)
+    _set_cache(event, signing_input)
+    return event
+
+
+def check_wire(data: bytes, *, max_size: int = MAX_EVENT_BYTES) -> tuple[dict[str, Any], bytes]:
+    """Everything :func:`from_wire` checks, without building the envelope: the decoded map and
+    its signing input (for bulk checks that need no :class:`Envelope`)."""
     raw = decode_canonical(data, max_size=max_size)
     if not isinstance(raw, dict):
         raise DecodeError("envelope is not a map")
@@ -183,11 +198,9 @@ def from_wire(data: bytes, *, max_size: int = MAX_EVENT_BYTES) -> Envelope:
     problem = _field_problem(raw)
     if problem is not None:
         raise DecodeError("envelope fields invalid", event_id=event_id, error=problem)
-    event = _envelope_of(raw)
     # the decoded maps are already in canonical order (the bytes were canonical): pack directly
     parts = [raw["v"], raw["id"], raw["type"], raw["at"], raw["actor"], raw["corr"], raw["cause"], raw["body"]]
-    _set_cache(event, DOMAIN + msgpack.packb(parts, use_bin_type=True, use_single_float=False))
-    return event
+    return raw, DOMAIN + msgpack.packb(parts, use_bin_type=True, use_single_float=False)
 
 
 def from_accepted_wire(data: bytes) -> Envelope:
@@ -200,9 +213,10 @@ def from_accepted_wire(data: bytes) -> Envelope:
 
 
 def _envelope_of(raw: dict[str, Any]) -> Envelope:
-    """The envelope of a decoded map that :func:`_field_problem` accepted."""
-    sigs = tuple(_trusted(Sig, {"kid": s["kid"], "sig": s["sig"]}) for s in raw["sigs"])
-    return _trusted(Envelope, {**raw, "sigs": sigs})
+    """The envelope of a decoded map that :func:`_field_problem` accepted (the map becomes its
+    fields: its signatures are replaced by :class:`Sig` models)."""
+    raw["sigs"] = tuple([_trusted(Sig, sig) for sig in raw["sigs"]])  # each exactly {kid, sig}
+    return _trusted(Envelope, raw)
 
 
 def _field_problem(raw: dict[str, Any]) -> str | None:

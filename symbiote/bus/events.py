@@ -34,6 +34,7 @@ __all__ = [
     "KeyRevoked",
     "PolicySet",
     "parse_body",
+    "parse_body_of",
     "subject_for",
 ]
 
@@ -232,13 +233,18 @@ TERMINAL_TYPES = frozenset({"command.succeeded", "command.failed", "command.deni
 
 def parse_body(event: Envelope) -> Body:
     """Validate ``event.body`` against its type's model; raise :class:`DecodeError` if it does not fit."""
-    cls = BODY_TYPES.get(event.type)
+    return parse_body_of(event.type, event.body, event.id)
+
+
+def parse_body_of(type_: str, body: dict[str, Any], event_id: str | None = None) -> Body:
+    """:func:`parse_body` of an event given by its type, body and id."""
+    cls = BODY_TYPES.get(type_)
     if cls is None:
-        raise DecodeError("unknown event type", event_id=event.id, type=event.type)
+        raise DecodeError("unknown event type", event_id=event_id, type=type_)
     try:
-        return cls.model_validate(event.body)
+        return cls.model_validate(body)
     except (ValidationError, ValueError) as exc:
-        raise DecodeError("event body invalid", event_id=event.id, type=event.type, error=str(exc)[:300]) from exc
+        raise DecodeError("event body invalid", event_id=event_id, type=type_, error=str(exc)[:300]) from exc
 
 
 def subject_for(event: Envelope) -> str:

@@ -33,8 +33,8 @@ from typing import Any, TypeVar
 import numpy as np
 import structlog
 
-from symbiote.bus.envelope import Envelope, from_accepted_wire, from_wire, peek_id
-from symbiote.bus.events import parse_body
+from symbiote.bus.envelope import Envelope, check_wire, envelope_of, from_accepted_wire, peek_id
+from symbiote.bus.events import parse_body_of
 from symbiote.bus.stream import Bus, StoredMsg
 from symbiote.embeddings import load_embedder
 from symbiote.errors import DecodeError
@@ -107,28 +107,28 @@ _Checked = tuple[str | None, list[bool], str | None, str | None, bytes]
 """What a worker sends back for one message: (error, sig_ok, body_problem, body_json, raw_sha256)."""
 
 
-def _examine(data: bytes) -> tuple[Envelope | None, _Checked]:
-    """Decode, check the signatures' cryptography and the body of one message."""
+def _examine(data: bytes) -> tuple[dict[str, Any] | None, bytes, _Checked]:
+    """Decode, check the signatures' cryptography and the body of one message: (its decoded
+    map if it is an event, its signing input, what was found)."""
     raw_sha256 = hashlib.sha256(data).digest()
     try:
-        event = from_wire(data)
+        raw, message = check_wire(data)
     except DecodeError as exc:
         detail = exc.fields.get("error") or exc.fields.get("missing") or ""
         text = f"{exc.message}: {detail}" if detail else exc.message
-        return None, (text[:500], [], None, None, raw_sha256)
-    message = event.signing_input()
-    sig_ok = [verify_sig(sig.kid, sig.sig, message) for sig in event.sigs]
+        return None, b"", (text[:500], [], None, None, raw_sha256)
+    sig_ok = [verify_sig(sig["kid"], sig["sig"], message) for sig in raw["sigs"]]
     try:
-        parse_body(event)
+        parse_body_of(raw["type"], raw["body"], raw["id"])
         body_problem = None
     except DecodeError as exc:
         body_problem = f"invalid body: {exc.message}: {exc.fields.get('error', '')}"[:500]
-    return event, (None, sig_ok, body_problem, json_text(event.body), raw_sha256)
+    return raw, message, (None, sig_ok, body_problem, json_text(raw["body"]), raw_sha256)
 
 
 def _examine_chunk(chunk: list[bytes]) -> list[_Checked]:
     """:func:`_examine` of each message, without the envelopes (cheaper to decode again than to send)."""
-    return [_examine(data)[1] for data in chunk]
+    return [_examine(data)[2] for data in chunk]
 
 
 def _decoded(msg: StoredMsg, event: Envelope | None, checked: _Checked) -> Decoded:
@@ -138,7 +138,8 @@ def _decoded(msg: StoredMsg, event: Envelope | None, checked: _Checked) -> Decod
 
 def decode(msg: StoredMsg) -> Decoded:
     """Decode and examine one message in this process (see :meth:`WorkerPool.decode`)."""
-    return _decoded(msg, *_examine(msg.data))
+    raw, message, checked = _examine(msg.data)
+    return _decoded(msg, envelope_of(raw, message) if raw is not None else None, checked)
 
 
 def _embed_chunk(texts: list[str]) -> Any:
