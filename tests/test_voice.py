@@ -22,6 +22,7 @@ from symbiote.bus.envelope import from_wire
 from symbiote.bus.events import InputVoice, parse_body
 from symbiote.dispatcher import Dispatcher
 from symbiote.errors import AudioError, ConfigError
+from symbiote.projections.audit import why
 from symbiote.signers.keyring import KeyEntry, Keyring
 from tests.helpers import World
 
@@ -143,6 +144,10 @@ async def test_a_spoken_request_runs(
         outcome = await world.wait_terminal(proposal.id)
     assert outcome.type == "command.succeeded"
     assert "good morning" in outcome.body["output"]["text"].lower()
+    story = await why(world.bus, proposal.id)  # the audit's account names the spoken request
+    said = story.steps[0]
+    assert said.kind == "input" and said.ok and said.details["type"] == "input.voice"
+    assert said.text.startswith(f"{world.user.principal} said ({heard.audio_ms / 1000:.1f} s, heard by tiny.en): ")
 
 
 async def _proposal_for(world: World, source_id: str, timeout: float = 10.0) -> Any:

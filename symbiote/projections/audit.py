@@ -835,6 +835,16 @@ class CommandStory:
         return out
 
 
+def _input_words(source: Envelope) -> str:
+    """Who asked what: typed, or said (a transcript of how long a recording, by which model)."""
+    text = source.body.get("text")
+    if source.type == "input.voice":
+        audio_ms, model = source.body.get("audio_ms"), source.body.get("model")
+        length = f"{audio_ms / 1000:.1f} s, " if isinstance(audio_ms, int) else ""
+        return f"{source.actor} said ({length}heard by {model}): {text!r}"
+    return f"{source.actor} asked: {text!r}"
+
+
 async def _find_input(bus: Bus, input_id: str, before_seq: int) -> tuple[int, Envelope] | None:
     windows = [(max(1, before_seq - 5000), before_seq)]
     if windows[0][0] > 1:
@@ -893,7 +903,7 @@ async def why(bus: Bus, command_id: str) -> CommandStory:
                     seq,
                     source.at,
                     source.actor,
-                    f"{source.actor} asked: {source.body.get('text')!r}",
+                    _input_words(source),
                     verdict.ok,
                     {"event_id": source.id, "type": source.type, "verified": verdict.principals},
                 )
