@@ -19,6 +19,7 @@ import asyncio
 import functools
 import io
 import itertools
+import logging
 import os
 import threading
 import time
@@ -121,6 +122,7 @@ class Transcriber:
     def _model(self) -> Any:
         from faster_whisper import WhisperModel
 
+        logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # not a line per recording
         folder = self.model_dir or bundled_model_dir()
         _check_model_dir(folder)
         try:
