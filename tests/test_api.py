@@ -239,6 +239,7 @@ async def test_requests_are_verified_before_they_are_appended(stack: Stack) -> N
         "/api/requests", content=b"x" * (1024 * 1024 + 1), headers={"content-type": "application/json"}
     )
     assert (huge.status_code, huge.json()["error"]) == (413, "too_large")
+    assert huge.headers["x-content-type-options"] == "nosniff" and "content-security-policy" in huge.headers
 
     async def chunked() -> AsyncIterator[bytes]:  # no length to check up front
         for _ in range(64):
@@ -543,6 +544,10 @@ def test_sessions_expire_and_stay_bounded() -> None:
     assert refusal(early) == "bad_challenge"  # single use
     forged = early[:-2] + ("AA" if not early.endswith("AA") else "BB")
     assert refusal(forged) == refusal("not-a-nonce") == refusal("") == "bad_challenge"
+    again = store.challenge()
+    assert open_with(again)
+    for spelling in (again + "==", again[:10] + "!" + again[10:], again[:-1] + chr(ord(again[-1]) ^ 1)):
+        assert refusal(spelling) == "bad_challenge", spelling  # the same bytes, another spelling
     late = store.challenge()
     now[0] += 6
     assert refusal(late) == "bad_challenge"  # expired

@@ -234,18 +234,6 @@ class _SecurityHeaders:
             await self.app(scope, receive, send)
             return
         path = str(scope.get("path", ""))
-        too_big = ApiRefusal(413, "too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
-        length = dict(scope.get("headers", [])).get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
-            await _refusal(too_big)(scope, receive, send)
-            return
-        if scope.get("method") not in ("GET", "HEAD", "OPTIONS"):
-            # read the body here, counting as it comes: a chunked body has no length to check first
-            body = await _read_body(receive, MAX_BODY_BYTES)
-            if body is None:
-                await _refusal(too_big)(scope, receive, send)
-                return
-            receive = _replay(body, receive)
 
         async def wrapped(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -259,17 +247,35 @@ class _SecurityHeaders:
                 message["headers"] = headers
             await send(message)
 
+        too_big = ApiRefusal(413, "too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+        length = dict(scope.get("headers", [])).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            await _refusal(too_big)(scope, receive, wrapped)
+            return
+        if scope.get("method") not in ("GET", "HEAD", "OPTIONS"):
+            # read the body here, counting as it comes: a chunked body has no length to check first
+            body = await _read_body(receive, MAX_BODY_BYTES)
+            if body is _GONE:
+                return  # the client left: nobody to answer
+            if body is None:
+                await _refusal(too_big)(scope, receive, wrapped)
+                return
+            receive = _replay(body, receive)
         await self.app(scope, receive, wrapped)
 
 
+_GONE = b"(the client disconnected)"
+
+
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole request body, or None as soon as it grows past ``limit`` bytes (or the client left)."""
+    """The whole request body; None as soon as it grows past ``limit`` bytes; ``_GONE`` (by
+    identity) when the client disconnected first."""
     parts: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            return None
+            return _GONE
         part = message.get("body", b"")
         size += len(part)
         if size > limit:

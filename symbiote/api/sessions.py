@@ -88,7 +88,7 @@ class SessionStore:
         self.limit = limit
         self.clock = clock
         self._secret = secrets.token_bytes(32)
-        self._used: OrderedDict[str, float] = OrderedDict()  # nonces of opened sessions -> their expiry (s)
+        self._used: dict[str, float] = {}  # nonces of opened sessions -> their expiry (s)
         self._sessions: OrderedDict[bytes, Session] = OrderedDict()  # SHA-256 of the token -> session
 
     def challenge(self) -> str:
@@ -125,13 +125,13 @@ class SessionStore:
             raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
         except (ValueError, UnicodeEncodeError):
             return None
-        if len(raw) != 40 or not hmac.compare_digest(raw[24:], self._mac(raw[:24])):
-            return None
+        if len(raw) != 40 or _b64url(raw) != nonce or not hmac.compare_digest(raw[24:], self._mac(raw[:24])):
+            return None  # one spelling per nonce: it is remembered, once used, as that string
         return int.from_bytes(raw[:8], "big") / 1000 + self.challenge_s
 
     def _forget_used(self, now: float) -> None:
-        while self._used and next(iter(self._used.values())) <= now:
-            self._used.popitem(last=False)
+        for nonce in [nonce for nonce, expires in self._used.items() if expires <= now]:
+            del self._used[nonce]
 
     def check(self, keyring: Keyring, token: str | None) -> Session:
         """The session of ``token``, if it is open and its key still registered and unrevoked."""

@@ -166,7 +166,8 @@ def from_wire(data: bytes, *, max_size: int = MAX_EVENT_BYTES) -> Envelope:
 
 
 def envelope_of(raw: dict[str, Any], signing_input: bytes) -> Envelope:
-    """The envelope of what :func:`check_wire` returned (the map becomes the envelope's fields)."""
+    """The envelope of what :func:`check_wire` returned. It consumes ``raw``: the map becomes the
+    envelope's fields (its signatures become :class:`Sig` models), so never use it afterwards."""
     event = _envelope_of(raw)
     _set_cache(event, signing_input)
     return event

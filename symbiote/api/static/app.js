@@ -292,7 +292,8 @@ async function speak() {
   let stream, recorder;
   try {
     stream = await navigator.mediaDevices.getUserMedia({ audio: true });
-    recorder = new MediaRecorder(stream);
+    // speech needs little: about 4 minutes fit in the 1 MiB a request may carry
+    recorder = new MediaRecorder(stream, { audioBitsPerSecond: 32_000 });
   } catch (e) {
     stream?.getTracks().forEach((t) => t.stop());
     state.recorder = null;
