@@ -8,12 +8,14 @@ import json
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Column, Table
 
-from symbiote.agents.voice import Transcriber, Transcript, voice_event
+if TYPE_CHECKING:
+    from symbiote.agents.voice import Transcript
+
 from symbiote.bootstrap import define_command, initialize, register_key, revoke_key
 from symbiote.bus.envelope import make_event
 from symbiote.bus.stream import Bus, redact_url
@@ -251,6 +253,8 @@ def say(
         async with _bus(home, nats_url) as bus:
             user = home.load_key("user")
             if audio is not None:
+                from symbiote.agents.voice import voice_event  # the speech stack loads only when used
+
                 event = voice_event(await _transcribe(audio, as_json), user)
             else:
                 event = sign_event(make_event("input.text", user.principal, {"text": text}), user)
@@ -269,6 +273,8 @@ def say(
 
 async def _transcribe(audio: Path, as_json: bool) -> Transcript:
     """Transcribe a recording for ``say --audio`` and show what was heard; refuse silence."""
+    from symbiote.agents.voice import Transcriber
+
     transcript = await Transcriber().transcribe_async(audio)
     if as_json:
         heard = {"type": "transcript", "heard": transcript.text, "audio_ms": transcript.audio_ms}
