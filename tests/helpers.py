@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+import pytest
 
 from symbiote.bootstrap import initialize
 from symbiote.bus.envelope import Envelope, from_wire, make_event
@@ -167,3 +171,17 @@ async def actors_on(nats_url: str, root: Path, cls: type[A], *, name: str = "ann
         yield cls(world.bus, home, *(home.load_key(r) for r in ("owner", "user", "agent", "runtime")))
     finally:
         await world.bus.close()
+
+
+SPOKEN_REQUEST = "please echo good morning to everyone"
+"""A request the tests speak: it comes through with every CPU code path of the speech model."""
+
+
+def speak(text: str, path: Path) -> Path:
+    """Write speech of ``text`` to the WAV file ``path`` with espeak-ng (`make test` installs it);
+    slow enough that the words come through on every CPU instruction set the model runs with."""
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        pytest.fail("espeak-ng is not installed: `make test` installs it (apt-get install -y espeak-ng)")
+    subprocess.run([espeak, "-v", "en-us", "-s", "110", "-w", str(path), text], check=True, timeout=30)
+    return path

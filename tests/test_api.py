@@ -11,9 +11,7 @@ import base64
 import hashlib
 import json
 import os
-import shutil
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -60,6 +58,7 @@ from symbiote.registry.follower import RegistryFollower
 from symbiote.registry.state import default_definitions
 from symbiote.signers.keyring import KeyEntry, Keyring
 from symbiote.signers.keys import SigningKey, sign_event
+from tests.helpers import SPOKEN_REQUEST, speak
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -262,11 +261,7 @@ async def test_requests_are_verified_before_they_are_appended(stack: Stack) -> N
 
 # -- speaking from the phone: POST /api/transcribe, then a signed input.voice -------------------
 async def test_a_recording_is_transcribed_then_signed_as_voice_input(stack: Stack, tmp_path: Path) -> None:
-    espeak = shutil.which("espeak-ng") or pytest.fail("espeak-ng is not installed: `make test` installs it")
-    speech = tmp_path / "speech.wav"
-    subprocess.run(
-        [espeak, "-v", "en-us", "-s", "110", "-w", str(speech), "please echo good morning to everyone"], check=True
-    )
+    speech = speak(SPOKEN_REQUEST, tmp_path / "speech.wav")
     before = await stack.bus.last_seq()
     async with httpx.AsyncClient(base_url=stack.api.url, verify=tls_context(stack.api), timeout=30) as stranger:
         refused = await stranger.post("/api/transcribe", content=speech.read_bytes())

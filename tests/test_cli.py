@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from symbiote.signers.keys import SigningKey
+from tests.helpers import SPOKEN_REQUEST, speak
 
 pytestmark = pytest.mark.timeout(120)
 SYMBIOTE = [sys.executable, "-m", "symbiote.cli"]
@@ -113,11 +113,7 @@ def test_up_say_events_keys_and_clean_stop(running: tuple[Path, subprocess.Popen
     assert lines[-1]["verified"] == ["runtime:main"]
 
     # spoken: the recording is transcribed here, and the transcript is a signed input.voice
-    espeak = shutil.which("espeak-ng") or pytest.fail("espeak-ng is not installed: `make test` installs it")
-    speech = tmp_path / "request.wav"
-    subprocess.run(
-        [espeak, "-v", "en-us", "-s", "110", "-w", str(speech), "please echo good morning to everyone"], check=True
-    )
+    speech = speak(SPOKEN_REQUEST, tmp_path / "request.wav")
     spoken = [
         json.loads(line)
         for line in cli(data_dir, "say", "--audio", str(speech), "--wait", "--json").stdout.splitlines()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from symbiote.cli.pairing import register as register_pair
 from symbiote.dispatcher import Dispatcher, Executors
 from symbiote.home import DataDir
 from symbiote.signers.keys import sign_event
+from tests.helpers import SPOKEN_REQUEST, speak
 
 playwright_async = pytest.importorskip("playwright.async_api")
 
@@ -257,10 +257,7 @@ async def test_page_refuses_to_sign_when_the_server_lies(browser: Any, system: t
 async def test_speak_a_request_on_the_phone(chromium_path: str, system: tuple[Bus, DataDir], tmp_path: Path) -> None:
     """The phone records (Chromium's fake microphone plays espeak-ng speech), the computer
     transcribes, the page shows the text, and the phone signs it as an input.voice that runs."""
-    espeak = shutil.which("espeak-ng") or pytest.fail("espeak-ng is not installed: `make test` installs it")
-    speech = tmp_path / "speech.wav"
-    words = "please echo good morning to everyone"
-    subprocess.run([espeak, "-v", "en-us", "-s", "110", "-w", str(speech), words], check=True, timeout=30)
+    speech = speak(SPOKEN_REQUEST, tmp_path / "speech.wav")
     bus, home = system
     microphone = [
         "--use-fake-ui-for-media-stream",

@@ -6,7 +6,6 @@ import asyncio
 import re
 import shutil
 import socket
-import subprocess
 import wave
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,8 @@ from symbiote.dispatcher import Dispatcher
 from symbiote.errors import AudioError, ConfigError
 from symbiote.projections.audit import why
 from symbiote.signers.keyring import KeyEntry, Keyring
-from tests.helpers import World
+from tests.helpers import SPOKEN_REQUEST, World
+from tests.helpers import speak as speak_to
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,18 +36,8 @@ def transcriber() -> Transcriber:
 
 @pytest.fixture
 def speak(tmp_path: Path) -> Callable[[str], Path]:
-    """Speech of a sentence as a WAV file (espeak-ng; `make test` installs it)."""
-    espeak = shutil.which("espeak-ng")
-    if espeak is None:
-        pytest.fail("espeak-ng is not installed: `make test` installs it (apt-get install -y espeak-ng)")
-
-    def make(text: str) -> Path:
-        path = tmp_path / f"speech-{abs(hash(text))}.wav"
-        # slow enough that the words come through on every CPU instruction set the model runs with
-        subprocess.run([espeak, "-v", "en-us", "-s", "110", "-w", str(path), text], check=True, timeout=30)
-        return path
-
-    return make
+    """Speech of a sentence as a WAV file in ``tmp_path``."""
+    return lambda text: speak_to(text, tmp_path / f"speech-{abs(hash(text))}.wav")
 
 
 def words(text: str) -> list[str]:
@@ -133,7 +123,7 @@ def test_a_transcript_is_a_signed_voice_input(world: World) -> None:
 async def test_a_spoken_request_runs(
     world: World, dispatcher: Dispatcher, transcriber: Transcriber, speak: Callable[[str], Path]
 ) -> None:
-    heard = await transcriber.transcribe_async(speak("please echo good morning to everyone"))
+    heard = await transcriber.transcribe_async(speak(SPOKEN_REQUEST))
     assert {"echo", "good", "morning"} <= set(words(heard.text)), heard
     source = voice_event(heard, world.user)
     async with Agent(world.bus, world.agent):
