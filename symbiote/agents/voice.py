@@ -175,26 +175,30 @@ class Transcriber:
 
     def _samples(self, audio: Audio) -> np.ndarray[Any, np.dtype[np.float32]]:
         """16 kHz mono float32 samples of ``audio``, at most ``max_seconds`` of them."""
-        limit = int(self.max_seconds * SAMPLE_RATE)
         if isinstance(audio, np.ndarray):
             if audio.ndim != 1 or not np.issubdtype(audio.dtype, np.floating) or not np.isfinite(audio).all():
                 raise AudioError("samples must be one channel of floats in [-1, 1] at 16 kHz", "bad_samples")
-            if audio.size > limit:
-                raise AudioError(f"the recording is longer than {self.max_seconds:.0f} s", "too_long")
+            if audio.size > self.max_seconds * SAMPLE_RATE:
+                raise _too_long(self.max_seconds)
             return audio.astype(np.float32, copy=False)
         if isinstance(audio, bytes):
-            return _decode(io.BytesIO(audio), limit, self.max_seconds)
+            return _decode(io.BytesIO(audio), self.max_seconds)
         path = Path(audio)
         if not path.is_file():
             raise ConfigError("no such audio file", path=str(path))
-        return _decode(str(path), limit, self.max_seconds)
+        return _decode(str(path), self.max_seconds)
 
 
-def _decode(source: Any, limit: int, max_seconds: float) -> np.ndarray[Any, np.dtype[np.float32]]:
-    """Decode the first audio stream of a file to 16 kHz mono, stopping past ``limit`` samples."""
+def _too_long(max_seconds: float) -> AudioError:
+    return AudioError(f"the recording is longer than {max_seconds:.0f} s", "too_long")
+
+
+def _decode(source: Any, max_seconds: float) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """Decode the first audio stream of a file to 16 kHz mono, stopping past ``max_seconds``."""
     import av
 
-    too_long = AudioError(f"the recording is longer than {max_seconds:.0f} s", "too_long")
+    limit = int(max_seconds * SAMPLE_RATE)
+    too_long = _too_long(max_seconds)
     chunks: list[np.ndarray[Any, Any]] = []
     total = 0
     heard = 0.0  # seconds of input decoded so far

@@ -46,7 +46,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from symbiote.agents.voice import Transcriber, Transcript
+from symbiote.agents.voice import Transcriber
 from symbiote.api.board import ApprovalBoard
 from symbiote.api.models import CommandView, PendingApproval, view_of
 from symbiote.api.notify import WAKE, Notifier
@@ -360,7 +360,8 @@ def create_app(
     the_board = board if board is not None else ApprovalBoard(bus)
     pairing = PairingStore(home.root)
     sessions = SessionStore()
-    hearing = _Hearing(transcriber)
+    hearing = transcriber or Transcriber()  # its model loads on the first recording
+    hearing_turn = asyncio.Lock()  # one recording at a time (it uses every core), waiting here, not in a thread
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -512,7 +513,8 @@ def create_app(
         if not audio:
             raise ApiRefusal(400, "empty", "send the recording as the request body")
         try:
-            heard = await hearing.transcribe(audio)
+            async with hearing_turn:
+                heard = await hearing.transcribe_async(audio)
         except AudioError as exc:
             raise ApiRefusal(422, exc.reason, exc.message) from exc
         log.info("api.transcribed", audio_ms=heard.audio_ms, seconds=round(heard.seconds, 3))
@@ -678,20 +680,6 @@ async def _check_answer(board: ApprovalBoard, event: Envelope) -> str:
     if check.approve and check.principal in life.approvals:
         raise ApiRefusal(409, "duplicate", f"{check.principal} has already approved this command")
     return life.command_id
-
-
-class _Hearing:
-    """The API's transcriber: loaded on first use, one recording at a time (it uses every core)."""
-
-    def __init__(self, transcriber: Transcriber | None) -> None:
-        self._transcriber = transcriber
-        self._lock = asyncio.Lock()
-
-    async def transcribe(self, audio: bytes) -> Transcript:
-        async with self._lock:
-            if self._transcriber is None:
-                self._transcriber = Transcriber()
-            return await self._transcriber.transcribe_async(audio)
 
 
 def _row(board: ApprovalBoard, seq: int, subject: str, data: bytes) -> EventRow:
