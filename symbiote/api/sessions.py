@@ -24,9 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from symbiote.api.wire import b64encode
 from symbiote.errors import SymbioteError
 from symbiote.signers.keyring import KeyEntry, Keyring
-from symbiote.signers.keys import SigningKey, verify_sig
+from symbiote.signers.keys import SigningKey, b64url, verify_sig
 
 __all__ = [
     "SESSION_COOKIE",
@@ -69,7 +70,7 @@ def session_message(nonce: str, kid: str) -> bytes:
 def session_proof(key: SigningKey, nonce: str) -> dict[str, str]:
     """The body of ``POST /api/session`` for ``key`` and the challenge ``nonce`` (for Python clients)."""
     sig = key.sign(session_message(nonce, key.kid))
-    return {"kid": key.kid, "nonce": nonce, "sig": base64.b64encode(sig).decode("ascii")}
+    return {"kid": key.kid, "nonce": nonce, "sig": b64encode(sig)}
 
 
 class SessionStore:
@@ -94,7 +95,7 @@ class SessionStore:
     def challenge(self) -> str:
         """A new nonce, valid once for ``challenge_s`` seconds."""
         stamp = int(self.clock() * 1000).to_bytes(8, "big") + secrets.token_bytes(16)
-        return _b64url(stamp + self._mac(stamp))
+        return b64url(stamp + self._mac(stamp))
 
     def open(self, keyring: Keyring, kid: str, nonce: str, sig: bytes) -> tuple[str, Session]:
         """Check the proof and open a session; returns (token, session)."""
@@ -125,7 +126,7 @@ class SessionStore:
             raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
         except (ValueError, UnicodeEncodeError):
             return None
-        if len(raw) != 40 or _b64url(raw) != nonce or not hmac.compare_digest(raw[24:], self._mac(raw[:24])):
+        if len(raw) != 40 or b64url(raw) != nonce or not hmac.compare_digest(raw[24:], self._mac(raw[:24])):
             return None  # one spelling per nonce: it is remembered, once used, as that string
         return int.from_bytes(raw[:8], "big") / 1000 + self.challenge_s
 
@@ -163,10 +164,6 @@ class SessionStore:
         if entry.role not in SESSION_ROLES:
             raise SessionError(f"{entry.role} keys cannot read through the API", "wrong_role", kid=kid)
         return entry
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def _digest(token: str) -> bytes:

@@ -21,6 +21,7 @@ from symbiote.errors import KeyFileError, SignatureError
 __all__ = [
     "KID_PREFIX",
     "SigningKey",
+    "b64url",
     "kid_of",
     "public_key_from_kid",
     "sign_event",
@@ -31,14 +32,16 @@ __all__ = [
 KID_PREFIX = "ed25519:"
 
 
-def _b64u(raw: bytes) -> str:
+def b64url(raw: bytes) -> str:
+    """Unpadded base64url (as kids spell keys); decoding it back and comparing is how a spelling
+    is checked to be the one canonical one."""
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 def kid_of(public_key: Ed25519PublicKey) -> str:
     """``"ed25519:" + base64url(raw 32-byte public key)``, unpadded."""
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return KID_PREFIX + _b64u(raw)
+    return KID_PREFIX + b64url(raw)
 
 
 _PUBLIC_CACHE: dict[str, Ed25519PublicKey] = {}
@@ -59,7 +62,7 @@ def public_key_from_kid(kid: str) -> Ed25519PublicKey:
         key = Ed25519PublicKey.from_public_bytes(raw)
     except ValueError as exc:
         raise SignatureError("kid does not hold a public key", kid=kid) from exc
-    if _b64u(raw) != text:
+    if b64url(raw) != text:
         raise SignatureError("kid is not canonical base64url", kid=kid)
     if len(_PUBLIC_CACHE) < 10_000:
         _PUBLIC_CACHE[kid] = key
