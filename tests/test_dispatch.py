@@ -9,7 +9,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from symbiote.bootstrap import register_key, revoke_key, set_policy
+from symbiote.bootstrap import define_command, register_key, revoke_key, set_policy
 from symbiote.bus.canonical import canon
 from symbiote.bus.envelope import Envelope, make_event
 from symbiote.bus.ids import new_event_id, now_ms
@@ -312,3 +312,85 @@ async def test_follow_resubscribes_after_a_server_restart(world: World, nats_ser
 
 async def _is_in(value: int, values: list[int]) -> bool:
     return value in values
+
+
+async def test_output_too_large_for_the_log_is_cut_and_the_dispatcher_goes_on(world: World, tmp_path: Path) -> None:
+    """Output far beyond what an event may hold (and binary output, which grows when made text)
+    is kept as its beginning and end with the full size; the result is readable by everyone."""
+    await define_command(
+        world.bus,
+        world.owner,
+        CommandDefinition(name="loud", description="prints a lot", executor="shell", argv=["{argv*}"]),
+    )
+    async with Dispatcher(world.bus, world.runtime, Executors(tmp_path / "ws")) as dispatcher:
+        counting = await world.propose("loud", {"argv": ["seq", "100000"]})  # 588,895 bytes of text
+        noise = await world.propose("loud", {"argv": ["head", "-c", "700000", "/dev/urandom"]})
+        for proposal in (counting, noise):
+            outcome = await world.wait_terminal(proposal.id)  # decodes it: a reader accepts it
+            assert outcome.type == "command.succeeded", outcome.body
+            output = outcome.body["output"]
+            assert output["truncated"] is True and len(outcome.to_wire()) < 200_000
+        output = (await world.wait_terminal(counting.id)).body["output"]
+        assert output["stdout_bytes"] == 588_895
+        assert output["stdout"].startswith("1\n2\n3\n") and output["stdout"].endswith("99999\n100000\n")
+        assert "bytes cut" in output["stdout"] and "stderr_bytes" not in output and output["stderr"] == ""
+        after = await world.propose("echo", {"text": "still here"})
+        assert (await world.wait_terminal(after.id)).type == "command.succeeded"
+        assert dispatcher._service_task is not None and not dispatcher._service_task.done()
+
+
+async def test_arguments_that_do_not_fill_the_template_fail_the_command_not_the_dispatcher(
+    world: World, tmp_path: Path
+) -> None:
+    schema = {"type": "object", "properties": {"who": {"type": "string"}, "n": {"type": "integer"}}}
+    for name, argv in (("greet", ["echo", "{who}"]), ("count", ["echo", "{n:s}"]), ("pick", ["echo", "{who[9]}"])):
+        definition = CommandDefinition(name=name, description="d", executor="shell", argv=argv, args_schema=schema)
+        await define_command(world.bus, world.owner, definition)
+
+    async def broken(args: dict[str, object]) -> dict[str, object]:
+        raise RuntimeError("the builtin broke")
+
+    oops = CommandDefinition(name="oops", description="d", executor="builtin:oops")
+    await define_command(world.bus, world.owner, oops)
+    async with Dispatcher(world.bus, world.runtime, Executors(tmp_path / "ws", builtins={"oops": broken})) as d:
+        cases = [("greet", {}), ("count", {"n": 5}), ("pick", {"who": "x"}), ("oops", {})]
+        for command, args in cases:
+            proposal = await world.propose(command, args)
+            outcome = await world.wait_terminal(proposal.id)
+            assert outcome.type == "command.failed", (command, outcome.body)
+            error = outcome.body["output"]["error"]
+            if command == "oops":
+                assert outcome.body["exit_code"] == 1 and "the builtin broke" in error
+            else:
+                assert outcome.body["exit_code"] == 126 and "do not fill the command's template" in error
+        proposal = await world.propose("greet", {"who": "world"})
+        outcome = await world.wait_terminal(proposal.id)
+        assert outcome.type == "command.succeeded" and outcome.body["output"]["stdout"] == "world\n"
+        assert d._service_task is not None and not d._service_task.done()
+
+
+async def test_an_event_no_reader_would_accept_is_not_published(world: World) -> None:
+    from symbiote.bus.envelope import MAX_EVENT_BYTES
+    from symbiote.errors import DecodeError
+
+    before = await world.bus.last_seq()
+    huge = sign_event(make_event("input.text", world.user.principal, {"text": "x" * MAX_EVENT_BYTES}), world.user)
+    with pytest.raises(DecodeError, match="too large"):
+        await world.bus.publish(huge)
+    assert await world.bus.last_seq() == before
+
+
+def test_fit_output_shares_the_room_and_keeps_both_ends() -> None:
+    from symbiote.dispatcher.executors import fit_output
+
+    small = {"stdout": "ok\n", "stderr": "", "timed_out": False}
+    assert fit_output(small) is small
+    wide = {"stdout": "é" * 100_000, "stderr": "short warning\n", "truncated": False}
+    fitted = fit_output(wide, budget=10_000)
+    assert len(canon(fitted, depth=3)) <= 10_000
+    assert fitted["stderr"] == "short warning\n" and "stderr_bytes" not in fitted  # the short one is whole
+    assert fitted["truncated"] is True and fitted["stdout_bytes"] == 200_000
+    head, _, tail = fitted["stdout"].partition("\n[… ")
+    assert head and set(head) == {"é"} and tail.endswith("é") and "bytes cut …]" in tail  # whole characters
+    assert fit_output({"n": 2**70})["error"].startswith("the output cannot be kept in the log")
+    assert fit_output({"rows": ["x" * 20_000]}, budget=10_000)["error"] == "the output is too large to keep in the log"

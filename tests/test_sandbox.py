@@ -246,6 +246,27 @@ async def test_memory_limit(sandbox: BubblewrapSandbox, workspace: Path) -> None
     assert b"MemoryError" in big.stderr
 
 
+async def test_file_size_limit(sandbox: BubblewrapSandbox, workspace: Path) -> None:
+    write = ["sh", "-c", "head -c 3000000 /dev/zero > big; echo $?"]
+    result = await sandbox.run(write, workspace=workspace, profile=SandboxProfile(max_file_mb=1))
+    assert result.stdout == b"153\n"  # 128 + SIGXFSZ
+    assert (workspace / "big").stat().st_size == 1 << 20
+    whole = await sandbox.run(write, workspace=workspace, profile=SandboxProfile(max_file_mb=3))
+    assert whole.stdout == b"0\n" and (workspace / "big").stat().st_size == 3_000_000
+
+
+async def test_a_sandbox_that_cannot_be_made_is_unavailable_not_a_failed_command(
+    sandbox: BubblewrapSandbox, workspace: Path
+) -> None:
+    """bwrap failing before it made the sandbox (here: too little address space to load it at all;
+    elsewhere e.g. too many processes for the user) is no result of the command's own."""
+    with pytest.raises(SandboxUnavailable, match="could not create the sandbox") as caught:
+        await sandbox.run(["true"], workspace=workspace, profile=SandboxProfile(memory_mb=1))
+    assert "error while loading shared libraries" in caught.value.fields["error"]
+    missing = await sandbox.run(["no-such-program-xyz"], workspace=workspace, profile=SandboxProfile())
+    assert missing.exit_code != 0  # the sandbox was made: the command's own failure
+
+
 async def test_cpu_limit(sandbox: BubblewrapSandbox, workspace: Path) -> None:
     result = await sandbox.run(
         [PY, "-c", "while True: pass"], workspace=workspace, profile=SandboxProfile(cpu_seconds=1, timeout_s=20)

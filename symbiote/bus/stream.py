@@ -25,10 +25,10 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from symbiote.bus.envelope import Envelope
+from symbiote.bus.envelope import MAX_EVENT_BYTES, Envelope
 from symbiote.bus.events import subject_for
 from symbiote.bus.reader import StoredMsg, raise_if_cancelling, read_ordered
-from symbiote.errors import BusError, ConflictError
+from symbiote.errors import BusError, ConflictError, DecodeError
 from symbiote.lifecycle import cancel_and_wait
 
 __all__ = [
@@ -198,11 +198,17 @@ class Bus:
 
         With ``expect_last_seq``, the publish succeeds only if the last message on
         ``expect_subject`` (a wildcard such as ``sym.cmd.<id>.>``) is at that sequence;
-        otherwise :class:`ConflictError` is raised.
+        otherwise :class:`ConflictError` is raised. An event larger than ``MAX_EVENT_BYTES``
+        (which no reader accepts) raises :class:`DecodeError` and is not published.
         """
+        data = event.to_wire()
+        if len(data) > MAX_EVENT_BYTES:  # every reader would refuse it
+            raise DecodeError(
+                "event too large for the log", event_id=event.id, size=len(data), max_size=MAX_EVENT_BYTES
+            )
         return await self.publish_raw(
             subject_for(event),
-            event.to_wire(),
+            data,
             msg_id=event.id,
             expect_last_seq=expect_last_seq,
             expect_subject=expect_subject,

@@ -14,11 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from symbiote.errors import SandboxError, SandboxUnavailable
+import structlog
+
+from symbiote.bus.canonical import canon
+from symbiote.errors import DecodeError, SandboxError, SandboxUnavailable
 from symbiote.registry.definition import CommandDefinition, SandboxSpec
 from symbiote.sandbox import BubblewrapSandbox, Sandbox, SandboxProfile, Workspaces
 
-__all__ = ["BUILTINS", "Builtin", "Executors", "Outcome", "render_template"]
+__all__ = ["BUILTINS", "OUTPUT_BUDGET", "Builtin", "Executors", "Outcome", "fit_output", "render_template"]
+
+OUTPUT_BUDGET = 128 * 1024
+"""Bytes (canonical msgpack) a result's ``output`` may take in the log; events are at most 256 KiB."""
+log = structlog.get_logger("symbiote.dispatcher")
+_CUT_MARK = "\n[… {cut} bytes cut …]\n"
 
 
 @dataclass(frozen=True)
@@ -54,8 +62,65 @@ def render_template(template: list[str], args: Mapping[str, Any]) -> list[str]:
                 raise SandboxError("template list argument missing", field=part[1:-2])
             out.extend(value)
         else:
-            out.append(part.format_map({k: v for k, v in args.items() if isinstance(v, (str, int, float))}))
+            out.append(_fill(part, args))
     return out
+
+
+def _fill(template: str, args: Mapping[str, Any]) -> str:
+    """``template`` with its ``{field}`` replaced by the string or number in ``args``."""
+    try:
+        return template.format_map({k: v for k, v in args.items() if isinstance(v, (str, int, float))})
+    except (KeyError, IndexError, AttributeError, ValueError, TypeError) as exc:
+        raise SandboxError(
+            "the arguments do not fill the command's template", template=template, error=repr(exc)
+        ) from exc
+
+
+def fit_output(output: dict[str, Any], budget: int = OUTPUT_BUDGET) -> dict[str, Any]:
+    """``output`` made to fit ``budget`` bytes in the log.
+
+    Its strings share the room: a short one is kept whole, the long ones get equal parts and
+    keep their beginning and end around a note of how much was cut; ``truncated`` is then set
+    and ``<key>_bytes`` gives each cut string's full length in bytes. An output that cannot be
+    made to fit this way, or cannot be encoded at all, is replaced by an error saying so.
+    """
+    try:
+        size = _packed_size(output)
+    except DecodeError as exc:
+        return {"error": f"the output cannot be kept in the log: {exc.message}"}
+    if size <= budget:
+        return output
+    texts = {k: v.encode() for k, v in output.items() if isinstance(v, str)}
+    fitted = {**output, **dict.fromkeys(texts, ""), **{f"{k}_bytes": len(v) for k, v in texts.items()}}
+    fitted["truncated"] = True
+    room = budget - _packed_size(fitted) - 64 * len(texts)  # 64: a cut note and a long string's header
+    for key, share in _shares(texts, room).items():
+        raw = texts[key]
+        if share >= len(raw):
+            fitted[key] = raw.decode()
+            del fitted[f"{key}_bytes"]
+            continue
+        keep = max(0, share - len(_CUT_MARK))
+        head = raw[: keep // 2].decode(errors="ignore")
+        tail = raw[len(raw) - (keep - keep // 2) :].decode(errors="ignore") if keep else ""
+        fitted[key] = head + _CUT_MARK.format(cut=len(raw) - len(head.encode()) - len(tail.encode())) + tail
+    if room < 0 or _packed_size(fitted) > budget:
+        return {"error": "the output is too large to keep in the log", "output_bytes": size, "truncated": True}
+    return fitted
+
+
+def _shares(texts: dict[str, bytes], room: int) -> dict[str, int]:
+    """Bytes each text may keep of ``room``: the shortest first, each at most an equal part of what is left."""
+    shares: dict[str, int] = {}
+    left = max(0, room)
+    for index, key in enumerate(sorted(texts, key=lambda k: len(texts[k]))):
+        shares[key] = min(len(texts[key]), left // (len(texts) - index))
+        left -= shares[key]
+    return shares
+
+
+def _packed_size(output: dict[str, Any]) -> int:
+    return len(canon(output, depth=3))  # an event's output sits at depth 3: envelope, body, output
 
 
 def profile_of(spec: SandboxSpec) -> SandboxProfile:
@@ -101,7 +166,11 @@ class Executors:
                 builtin = self.builtins.get(executor.split(":", 1)[1])
                 if builtin is None:
                     return Outcome(127, {"error": f"no builtin {executor}"}, 0)
-                output = await builtin(args)
+                try:
+                    output = await builtin(args)
+                except Exception as exc:  # a failing builtin fails its command, not the dispatcher
+                    log.exception("executor.builtin_failed", command_id=command_id, executor=executor)
+                    return Outcome(1, {"error": f"{executor} failed: {exc}"}, _ms(started))
                 return Outcome(0, output, _ms(started))
             if executor == "shell":
                 return await self._shell(command_id, definition, args, started)
@@ -115,7 +184,7 @@ class Executors:
         self, command_id: str, definition: CommandDefinition, args: dict[str, Any], started: float
     ) -> Outcome:
         argv = render_template(definition.argv or ["{argv*}"], args)
-        stdin = definition.stdin.format_map(args).encode() if definition.stdin is not None else None
+        stdin = _fill(definition.stdin, args).encode() if definition.stdin is not None else None
         profile = profile_of(definition.sandbox)
         workspace = self.workspaces.for_command(command_id)
         snapshot = self.sandbox.snapshot(workspace) if profile.snapshot else None

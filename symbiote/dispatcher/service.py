@@ -21,7 +21,7 @@ import structlog
 from symbiote.bus.envelope import Envelope, from_wire, make_event
 from symbiote.bus.ids import is_event_id, now_ms
 from symbiote.bus.stream import Bus, Delivery, PullConsumer
-from symbiote.dispatcher.executors import Executors, Outcome
+from symbiote.dispatcher.executors import Executors, Outcome, fit_output
 from symbiote.errors import BusError, ConflictError, DecodeError, SymbioteError
 from symbiote.lifecycle import Service
 from symbiote.registry.commands import load_life
@@ -399,7 +399,7 @@ class Dispatcher(Service):
                 {
                     "command_id": cid,
                     "exit_code": outcome.exit_code,
-                    "output": _clean(outcome.output),
+                    "output": fit_output(_clean(outcome.output)),
                     "duration_ms": outcome.duration_ms,
                 },
                 corr=proposal.corr,

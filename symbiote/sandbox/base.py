@@ -137,6 +137,7 @@ class Sandbox(ABC):
         stdin: bytes | None,
         preexec_fn: Callable[[], None] | None = None,
         on_timeout: Callable[[], Awaitable[None]] | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> SandboxResult:
         """Run the backend command line ``cmd`` with output caps and the wall-clock timeout.
 
@@ -153,6 +154,7 @@ class Sandbox(ABC):
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
                 preexec_fn=preexec_fn,
+                pass_fds=pass_fds,
             )
         except OSError as exc:
             raise SandboxUnavailable(

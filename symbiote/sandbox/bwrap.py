@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
@@ -48,14 +49,17 @@ def _system_binds() -> list[str]:
 def _rlimits(profile: SandboxProfile) -> list[tuple[int, int, int]]:
     """(resource, soft, hard) limits for a run; inherited by everything in the sandbox.
 
-    CPU: SIGXCPU at the soft limit, SIGKILL one second later. RLIMIT_NPROC
-    counts every process of the calling user and is not enforced at all for
-    host root; it is set anyway as a best effort.
+    CPU: SIGXCPU at the soft limit, SIGKILL one second later. A file write past
+    ``max_file_mb`` fails (SIGXFSZ). RLIMIT_NPROC counts every process of the
+    calling user and is not enforced at all for host root; it is set anyway as a
+    best effort.
     """
     mem = profile.memory_mb * 1024 * 1024
+    file_size = profile.max_file_mb * 1024 * 1024
     return [
         (resource.RLIMIT_CPU, profile.cpu_seconds, profile.cpu_seconds + 1),
         (resource.RLIMIT_AS, mem, mem),
+        (resource.RLIMIT_FSIZE, file_size, file_size),
         (resource.RLIMIT_NPROC, profile.max_processes, profile.max_processes),
         (resource.RLIMIT_CORE, 0, 0),
     ]
@@ -64,6 +68,7 @@ def _rlimits(profile: SandboxProfile) -> list[tuple[int, int, int]]:
 _PRLIMIT_OPTS = {
     resource.RLIMIT_CPU: "--cpu",
     resource.RLIMIT_AS: "--as",
+    resource.RLIMIT_FSIZE: "--fsize",
     resource.RLIMIT_NPROC: "--nproc",
     resource.RLIMIT_CORE: "--core",
 }
@@ -138,9 +143,26 @@ class BubblewrapSandbox(Sandbox):
                 problems=problems,
             )
         args = validate_argv(argv)
-        cmd = self._command(existing_dir(workspace), args, validate_env(env), profile)
         preexec = None if self._prlimit else _preexec(_rlimits(profile))
-        return await self._execute(cmd, profile=profile, stdin=stdin, preexec_fn=preexec)
+        # bwrap reports on this pipe the process it made for the sandbox: without one, the
+        # sandbox itself could not be made (e.g. no more processes for this user), and the
+        # run is refused as unavailable rather than passed off as the command's failure
+        status_read, status_write = os.pipe()
+        try:
+            try:
+                cmd = self._command(existing_dir(workspace), args, validate_env(env), profile, status_write)
+                result = await self._execute(
+                    cmd, profile=profile, stdin=stdin, preexec_fn=preexec, pass_fds=(status_write,)
+                )
+            finally:
+                os.close(status_write)
+            status = _read_available(status_read)
+        finally:
+            os.close(status_read)
+        if not result.timed_out and b'"child-pid"' not in status:
+            detail = result.stderr.decode("utf-8", errors="replace").strip()[:2000] or f"exit code {result.exit_code}"
+            raise SandboxUnavailable("bwrap could not create the sandbox", backend=self.backend, error=detail)
+        return result
 
     @staticmethod
     def profile_problems(profile: SandboxProfile) -> list[str]:
@@ -159,7 +181,14 @@ class BubblewrapSandbox(Sandbox):
             return [f"bwrap at {self.bwrap_path!r} is not an executable file"]
         return []
 
-    def _command(self, workspace: Path, argv: list[str], env: Mapping[str, str], profile: SandboxProfile) -> list[str]:
+    def _command(
+        self,
+        workspace: Path,
+        argv: list[str],
+        env: Mapping[str, str],
+        profile: SandboxProfile,
+        status_fd: int | None = None,
+    ) -> list[str]:
         """The full command line for one run: ``[prlimit ... --] bwrap ... -- argv``."""
         assert self.bwrap_path
         limits = []
@@ -192,6 +221,17 @@ class BubblewrapSandbox(Sandbox):
             "--chdir", WORKDIR,
             "--clearenv",
             *env_args,
+            *(["--json-status-fd", str(status_fd)] if status_fd is not None else []),
             "--",
             *argv,
         ]  # fmt: skip
+
+
+def _read_available(fd: int) -> bytes:
+    """What can be read from ``fd`` now, without waiting."""
+    os.set_blocking(fd, False)
+    chunks = []
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    return b"".join(chunks)

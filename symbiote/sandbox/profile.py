@@ -9,7 +9,7 @@ from symbiote.errors import SandboxError
 
 __all__ = ["SandboxProfile"]
 
-_INT_FIELDS = ("cpu_seconds", "memory_mb", "max_output_bytes", "max_processes")
+_INT_FIELDS = ("cpu_seconds", "memory_mb", "max_output_bytes", "max_processes", "max_file_mb")
 _BOOL_FIELDS = ("gpu", "snapshot")
 
 
@@ -34,6 +34,7 @@ class SandboxProfile:
     max_output_bytes: int = 1_000_000
     snapshot: bool = False
     max_processes: int = 64
+    max_file_mb: int = 1024  # the largest file a run may write (RLIMIT_FSIZE)
 
     def __post_init__(self) -> None:
         """Validate every field; the dataclass is only built from sane values."""
@@ -65,6 +66,7 @@ class SandboxProfile:
             "max_output_bytes": self.max_output_bytes,
             "snapshot": self.snapshot,
             "max_processes": self.max_processes,
+            "max_file_mb": self.max_file_mb,
         }
 
     @classmethod
