@@ -86,6 +86,18 @@ async def test_a_slow_reader_holds_the_server_back(bus: Bus, monkeypatch: pytest
     assert most < 6000, most
 
 
+async def test_a_reader_that_pauses_past_a_heartbeat_still_reads_to_the_end(bus: Bus) -> None:
+    """While the server waits for a paused reader's flow-control answer, its heartbeats say the
+    consumer is stalled: that is no sign of having caught up, and the read must not end there."""
+    seqs = await _publish(bus, 600, size=100_000)
+    seen = 0
+    async for _ in bus.read("sym.t.>"):
+        seen += 1
+        if seen == 50:
+            await asyncio.sleep(2.5)  # a slow step of the caller, e.g. a large batch being verified
+    assert seen == len(seqs)
+
+
 async def test_a_lost_delivery_restarts_after_the_last_message_taken(bus: Bus, monkeypatch: pytest.MonkeyPatch) -> None:
     await _publish(bus, 1000)
     receive = reader._Delivery._receive

@@ -170,7 +170,10 @@ class _Delivery:
             return
         stalled = headers.get("Nats-Consumer-Stalled")
         if stalled:
+            # the server holds deliveries back until its flow-control request is answered: more
+            # is coming, so this is no sign of having caught up
             self._push(_Answer(stalled))
+            return
         self._push(_IDLE)
 
 

@@ -395,7 +395,7 @@ class Checkpointer:
                 self._pending_h = chain_step(self._pending_h, entry_hash(msg.seq, msg.subject, msg.data))
                 self._pending_count += 1
                 self._pending_last = msg.seq
-        self._scanned = max(self._scanned, target)
+        # only what was read is covered: were the read to end early, the rest is read next time
 
     async def _load(self) -> None:
         """Find the last valid checkpoint in the stream and continue its chain."""
