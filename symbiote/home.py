@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from symbiote.errors import ConfigError, KeyFileError
-from symbiote.signers.keys import SigningKey
+from symbiote.signers.keys import SigningKey, kid_in_file
 
 __all__ = ["ROLE_FILES", "DataDir", "default_data_dir"]
 
@@ -84,6 +84,11 @@ class DataDir:
         if not key.principal.startswith(f"{role}:"):
             raise KeyFileError("key file principal does not match its role", path=str(path), principal=key.principal)
         return key
+
+    def kid(self, role: str) -> str:
+        """The public kid of this data dir's ``role`` key, without its passphrase when the file
+        names it in clear (every key file written since it does)."""
+        return kid_in_file(self.key_path(role)) or self.load_key(role).kid
 
     def save_key(self, role: str, key: SigningKey) -> None:
         key.save(self.key_path(role), self.passphrase())

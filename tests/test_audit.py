@@ -7,6 +7,7 @@ checks that the audit names the first bad sequence and why.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -373,6 +374,49 @@ async def test_a_log_of_another_owner_is_named(world: World) -> None:
     other = await audit(w.bus, checkpoint_dir=None, owner_kid=SigningKey.generate("owner:me").kid)
     first = other.first_failure
     assert first is not None and (first.seq, first.kind) == (1, "owner"), other.findings
+
+
+async def test_this_installation_s_owner_registered_later_does_not_pass_the_owner_check(world: World) -> None:
+    """Anyone can register someone else's public key: a replaced log that registers the victim's
+    owner kid as a second owner is still a log begun by another owner."""
+    w = world
+    victim = SigningKey.generate("owner:me")
+    await register_key(w.bus, w.owner, victim.kid, "owner:me")
+    report = await audit(w.bus, checkpoint_dir=None, owner_kid=victim.kid)
+    first = report.first_failure
+    assert first is not None and (first.seq, first.kind) == (1, "owner")
+    assert "registered later in the log" in first.message
+
+
+async def test_notes_never_crowd_out_a_failure(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    audit_module = importlib.import_module("symbiote.projections.audit")  # the package's `audit` is the function
+    monkeypatch.setattr(audit_module, "_MAX_PER_KIND", 3)
+    w = world
+    for n in range(5):  # registry notes anyone can cause: bodies that are not key registrations
+        await w.send(w.sign(w.owner, "key.registered", {"junk": n}))
+    evil = SigningKey.generate("owner:evil")
+    forged = make_event("key.registered", evil.principal, {"kid": evil.kid, "principal": "user:x", "role": "user"})
+    seq = await w.send(sign_event(forged, evil))
+    report = await audit(w.bus, checkpoint_dir=None)
+    assert not report.ok and report.first_failure is not None and report.first_failure.seq == seq
+    assert report.omitted["registry"] == 2 and report.omitted_failures == 0
+    for _ in range(3):
+        again = make_event("key.registered", evil.principal, {"kid": evil.kid, "principal": "user:x", "role": "user"})
+        await w.send(sign_event(again, evil))
+    report = await audit(w.bus, checkpoint_dir=None)
+    assert report.omitted_failures == 1 and not report.ok and "(4 problem(s) in all)" in report.summary()
+
+
+async def test_a_hostile_proposal_does_not_break_the_report(world: World) -> None:
+    w = world
+    body = {"command": "echo", "args": {"text": "x"}, "confidence": b"\x01", "expires_at": now_ms() + 60_000}
+    proposal = w.sign(w.agent, "command.proposed", body)
+    await w.send(proposal)
+    await w.send(w.runtime_event("command.started", proposal, sandbox={"backend": "inprocess"}))
+    report = await audit(w.bus, checkpoint_dir=None)
+    data = json.loads(json.dumps(report.as_map()))
+    assert data["executions"][0]["confidence"] == "01"
+    assert history._when(2**63).endswith("ms after 1970")
 
 
 async def test_revoking_a_key_twice_is_a_note(world: World) -> None:

@@ -229,6 +229,21 @@ async def test_policy_is_judged_at_the_proposal_position(world: World, dispatche
     await world.wait_for(later.id, lambda evs: "command.approval_requested" in [e.type for e in evs])
 
 
+async def test_an_old_definition_published_again_does_not_undo_a_later_policy(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    """Every log holds the owner-signed ``command.defined`` events of ``init``: a copy of one
+    published again (past the stream's de-duplication) must not bring back the policy it had."""
+    await set_policy(world.bus, world.owner, "echo", ApprovalPolicy(mode="user"))
+    original = next(
+        m for m, e in await world.events("sym.reg.>") if e and e.body.get("definition", {}).get("name") == "echo"
+    )
+    await world.bus.publish_raw(original.subject, original.data)  # no Nats-Msg-Id: stored again
+    proposal = await world.propose("echo", {"text": "needs a yes"})
+    await world.wait_for(proposal.id, lambda evs: "command.approval_requested" in [e.type for e in evs])
+    assert "command.started" not in types(await world.command_events(proposal.id))
+
+
 async def test_two_dispatchers_never_run_a_command_twice(world: World, tmp_path: Path) -> None:
     ids = []
     async with (

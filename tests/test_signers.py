@@ -10,7 +10,7 @@ import pytest
 from symbiote.bus.envelope import Envelope, make_event
 from symbiote.errors import KeyFileError
 from symbiote.signers.keyring import Keyring
-from symbiote.signers.keys import SigningKey, public_key_from_kid, sign_event, verify_sig
+from symbiote.signers.keys import SigningKey, kid_in_file, public_key_from_kid, sign_event, verify_sig
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -32,6 +32,25 @@ def test_key_file_roundtrip_mode_and_encryption(tmp_path: Path) -> None:
         SigningKey.load(secret)
     with pytest.raises(KeyFileError):
         SigningKey.load(tmp_path / "missing.pem")
+
+
+def test_a_key_file_names_its_kid_in_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit compares the log's owner with this installation's without the passphrase."""
+    from symbiote.home import DataDir
+
+    home = DataDir(tmp_path / "home")
+    owner = SigningKey.generate("owner:ann")
+    monkeypatch.setenv("SYMBIOTE_PASSPHRASE", "correct horse")
+    home.save_key("owner", owner)
+    monkeypatch.delenv("SYMBIOTE_PASSPHRASE")
+    with pytest.raises(KeyFileError):
+        home.load_key("owner")
+    assert home.kid("owner") == owner.kid and kid_in_file(home.key_path("owner")) == owner.kid
+    old = tmp_path / "old.pem"  # as written before the kid line: the kid comes from the key itself
+    lines = home.key_path("owner").read_bytes().split(b"\n")
+    old.write_bytes(b"\n".join(line for line in lines if not line.startswith(b"# kid: ")))
+    assert kid_in_file(old) is None
+    assert SigningKey.load(old, b"correct horse").kid == owner.kid
 
 
 def test_kid_format_and_verification() -> None:

@@ -16,7 +16,7 @@ from rich.table import Table
 from symbiote.cli.common import DataDirOpt, JsonOpt, NatsOpt, _bus, _home, _run, cell, console, err, plain
 from symbiote.errors import ConfigError, KeyFileError
 from symbiote.home import DataDir
-from symbiote.projections.audit import AuditReport, audit, why, write_html
+from symbiote.projections.audit import AuditReport, Finding, audit, why, write_html
 from symbiote.projections.replay import ReplayReport, replay
 
 __all__ = ["register"]
@@ -40,7 +40,10 @@ def _dsn(home: DataDir, postgres_dsn: str | None) -> str:
 def _when(ms: int | None) -> str:
     if ms is None:
         return "—"
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds (the signer chose it)
+        return f"{ms} ms after 1970"
 
 
 def replay_command(
@@ -103,10 +106,12 @@ def audit_command(
     known (``--postgres-dsn``, or the running runtime's)."""
     home = _home(data_dir)
 
-    try:  # the log must be this installation's: its owner key is one of the log's owner keys
-        owner_kid: str | None = home.load_key("owner").kid
-    except (ConfigError, KeyFileError):  # no owner key here, or it is encrypted and no passphrase is set
+    skipped = ""
+    try:  # the log must be this installation's: its first owner key is this data dir's owner key
+        owner_kid: str | None = home.kid("owner")
+    except (ConfigError, KeyFileError) as exc:  # no owner key here, or an old encrypted file and no passphrase
         owner_kid = None
+        skipped = f"the log's owner was not compared with this installation's: {exc.message}"
 
     async def go() -> AuditReport:
         async with _bus(home, nats_url, start_if_down=True) as bus:
@@ -119,6 +124,8 @@ def audit_command(
             )
 
     report = _run(go)
+    if skipped:
+        report.findings.append(Finding(None, "warn", "owner", skipped))
     if as_json:
         print(json.dumps(report.as_map()), flush=True)
     else:

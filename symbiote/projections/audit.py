@@ -138,6 +138,7 @@ class AuditReport:
 
     findings: list[Finding] = field(default_factory=list)
     omitted: dict[str, int] = field(default_factory=dict)  # findings not listed, by kind
+    omitted_failures: int = 0  # of those, failures: they count against ``ok`` all the same
     stream_first_seq: int = 0
     stream_last_seq: int = 0
     messages: int = 0
@@ -157,7 +158,7 @@ class AuditReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failures
+        return not self.failures and not self.omitted_failures
 
     @property
     def first_failure(self) -> Finding | None:
@@ -175,7 +176,7 @@ class AuditReport:
             extra = f" ({warns} note{'s' if warns != 1 else ''})" if warns else ""
             return f"OK: {self.messages} events checked, nothing wrong found{extra}"
         where = f"at seq {first.seq}" if first.seq is not None else "(outside the log)"
-        return f"FAILED {where}: {first.message} ({len(self.failures)} problem(s) in all)"
+        return f"FAILED {where}: {first.message} ({len(self.failures) + self.omitted_failures} problem(s) in all)"
 
     def as_map(self) -> dict[str, Any]:
         first = self.first_failure
@@ -198,6 +199,7 @@ class AuditReport:
             "findings": [f.as_map() for f in self.findings],
             "executions": [e.as_map() for e in self.executions],
             "omitted": self.omitted,
+            "omitted_failures": self.omitted_failures,
         }
 
 
@@ -266,13 +268,17 @@ class _Auditor:
         self.lives: RecentCommands[list[tuple[int, Envelope]]] = RecentCommands(cache_size)
         self.executions: OrderedDict[str, Execution] = OrderedDict()  # the latest starts, for the report
         self.seen_ids: dict[str, int] = {}
-        self._counts: dict[str, int] = {}
+        self._counts: dict[tuple[str, str], int] = {}
 
     def add(self, finding: Finding) -> None:
-        count = self._counts.get(finding.kind, 0) + 1
-        self._counts[finding.kind] = count
+        """List ``finding``; past the first 1,000 of its kind and severity (so that notes never
+        crowd out failures) only count it."""
+        key = (finding.kind, finding.severity)
+        count = self._counts.get(key, 0) + 1
+        self._counts[key] = count
         if count > _MAX_PER_KIND:
             self.report.omitted[finding.kind] = self.report.omitted.get(finding.kind, 0) + 1
+            self.report.omitted_failures += finding.severity == "fail"
         else:
             self.report.findings.append(finding)
 
@@ -438,7 +444,7 @@ class _Auditor:
             str(body.get("command", "?")),
             jsonable(body.get("args")),
             proposal.actor if proposal is not None else None,
-            body.get("confidence"),
+            jsonable(body.get("confidence")),
             sorted(life.approvals),
             allowed,
         )
@@ -490,18 +496,25 @@ class _Auditor:
 
 
 def _check_owner(auditor: _Auditor, owner_kid: str) -> None:
+    """The log's first owner key (which registered itself, and through which every other key came
+    in) must be this installation's: another owner key could be anyone's, since registering a
+    public key needs no proof of holding it."""
     owners = [entry for entry in auditor.state.keyring.keys.values() if entry.role == "owner"]
-    if owners and owner_kid not in {entry.kid for entry in owners}:
-        first = min(owners, key=lambda entry: entry.registered_seq)
-        auditor.add(
-            Finding(
-                first.registered_seq,
-                "fail",
-                "owner",
-                f"none of the log's owner keys ({first.principal} first) is this installation's owner key "
-                f"({owner_kid}): the log was written for someone else, or replaced",
-            )
+    if not owners:
+        return
+    first = min(owners, key=lambda entry: entry.registered_seq)
+    if first.kid == owner_kid:
+        return
+    also = " (it is registered later in the log, by that key)" if owner_kid in {e.kid for e in owners} else ""
+    auditor.add(
+        Finding(
+            first.registered_seq,
+            "fail",
+            "owner",
+            f"the log's first owner key ({first.principal}, {first.kid}) is not this installation's owner key "
+            f"({owner_kid}){also}: the log was written for someone else, or replaced",
         )
+    )
 
 
 def _signature_words(event: Envelope, verdict: Verdict) -> str:
@@ -868,7 +881,8 @@ async def why(bus: Bus, command_id: str) -> CommandStory:
     if not is_event_id(command_id):
         raise ConfigError("a command id is the UUID of its proposal (lower-case, with hyphens)", command_id=command_id)
     story = CommandStory(command_id, found=False)
-    msgs = await bus.history(f"sym.cmd.{command_id}.>", 1, limit=10_000)
+    async with reading(bus, f"sym.cmd.{command_id}.>", from_seq=1) as found:
+        msgs = [msg async for msg in found]  # all of them: none may be left out of the story
     if not msgs:
         return story
     story.found = True

@@ -58,10 +58,19 @@ class RegistryState:
     policies: dict[str, _History[ApprovalPolicy]] = field(default_factory=dict)
     applied_through: int = 0
     rejected: int = 0
+    seen: dict[str, int] = field(default_factory=dict)  # registry event id -> where it first appeared
 
     def apply(self, event: Envelope, seq: int) -> Verdict:
-        """Fold one registry event at ``seq``. Returns its verdict; a failed one changes nothing."""
+        """Fold one registry event at ``seq``. Returns its verdict; a failed one changes nothing.
+
+        An event is folded once: a copy of it published again later (an old, validly signed
+        ``command.defined`` that would undo every policy set since) is refused.
+        """
         self.applied_through = max(self.applied_through, seq)
+        first = self.seen.setdefault(event.id, seq)
+        if first != seq:
+            self.rejected += 1
+            return Verdict((), "malformed", f"replayed: event {event.id} appeared before, at seq {first}")
         if event.type in ("key.registered", "key.revoked"):
             verdict = self.keyring.apply(event, seq)
         else:

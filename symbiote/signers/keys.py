@@ -22,6 +22,7 @@ __all__ = [
     "KID_PREFIX",
     "SigningKey",
     "b64url",
+    "kid_in_file",
     "kid_of",
     "public_key_from_kid",
     "sign_event",
@@ -150,7 +151,8 @@ class SigningKey:
         return self.private.sign(message)
 
     def save(self, path: Path, passphrase: bytes | None = None) -> None:
-        """Write PKCS#8 PEM (encrypted with ``passphrase`` when given), mode 0600, atomically."""
+        """Write PKCS#8 PEM (encrypted with ``passphrase`` when given), mode 0600, atomically; the
+        principal and the public kid go in clear in two comment lines before it."""
         encryption: serialization.KeySerializationEncryption = (
             serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
         )
@@ -159,7 +161,7 @@ class SigningKey:
         tmp = path.with_name(path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, f"# principal: {self.principal}\n".encode() + pem)
+            os.write(fd, f"# principal: {self.principal}\n# kid: {self.kid}\n".encode() + pem)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -184,6 +186,20 @@ class SigningKey:
         if not isinstance(key, Ed25519PrivateKey):
             raise KeyFileError("key file is not an Ed25519 key", path=str(path))
         return cls(key, principal)
+
+
+def kid_in_file(path: Path) -> str | None:
+    """The public kid a key file written by :meth:`SigningKey.save` names in clear (no passphrase
+    needed); None when it names none (files written before it did) or cannot be read."""
+    try:
+        with path.open("rb") as file:
+            head = [file.readline() for _ in range(2)]
+    except OSError:
+        return None
+    for line in head:
+        if line.startswith(b"# kid: "):
+            return line[len(b"# kid: ") :].decode(errors="replace").strip() or None
+    return None
 
 
 def sign_event(event: Envelope, key: SigningKey) -> Envelope:
