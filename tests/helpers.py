@@ -80,7 +80,7 @@ class World:
         return out
 
     async def command_events(self, command_id: str) -> list[Envelope]:
-        msgs = await self.bus.history(f"sym.cmd.{command_id}.>", 1)
+        msgs = await self.bus.history(f"sym.cmd.{command_id}.>", 1, limit=None)
         out = []
         for msg in msgs:
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from symbiote.registry.commands import load_life, pending_approvals
 from symbiote.registry.definition import ApprovalPolicy
 from symbiote.registry.follower import RegistryFollower
 from symbiote.signers.keys import SigningKey, sign_event
-from tests.helpers import World
+from tests.helpers import World, is_terminal
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -219,3 +220,31 @@ async def test_forged_decisions_change_nothing(world: World, dispatcher: Dispatc
         proposal.id, lambda evs: any(e.type == "command.succeeded" and e.actor == "runtime:main" for e in evs)
     )
     assert [e.type for e in outcome if e.actor == "runtime:main"].count("command.started") == 1
+
+
+async def test_two_approvals_for_one_command_run_it_once_and_keep_its_outcome(
+    world: World, dispatcher: Dispatcher
+) -> None:
+    """A double tap (or phone and terminal both): the second approval, logged before the start but
+    handled while the command runs, must not close the running command as outcome_unknown."""
+    proposal = await requested(world, ["sh", "-c", "sleep 1; echo done"])
+    first, second = sign_answer(proposal, world.user, approve=True), sign_answer(proposal, world.user, approve=True)
+    await asyncio.gather(world.bus.publish(first), world.bus.publish(second))
+    outcome = await world.wait_terminal(proposal.id)
+    assert outcome.type == "command.succeeded" and outcome.body["output"]["stdout"] == "done\n"
+    await asyncio.sleep(0.5)  # anything the second approval would still write
+    events = await world.command_events(proposal.id)
+    assert [e.type for e in events].count("command.started") == 1
+    assert not [e for e in events if e.type == "command.denied" and e.body["reason"] == "outcome_unknown"]
+    assert [e for e in events if is_terminal(e, proposal.id)] == [outcome]
+
+
+async def test_a_command_flooded_with_junk_still_takes_its_approval(world: World, dispatcher: Dispatcher) -> None:
+    """Anyone who can publish can add messages on a command's subjects: its history is read whole."""
+    proposal = await requested(world, ["echo", "through"])
+    subject = f"sym.cmd.{proposal.id}.junk"
+    for start in range(0, 1100, 100):
+        await asyncio.gather(*(world.bus.publish_raw(subject, b"\xc0") for _ in range(start, start + 100)))
+    await world.bus.publish(sign_answer(proposal, world.user, approve=True))
+    outcome = await world.wait_terminal(proposal.id, timeout=30)
+    assert outcome.type == "command.succeeded" and outcome.body["output"]["stdout"] == "through\n"

@@ -15,6 +15,7 @@ from symbiote.bus.envelope import Envelope, make_event
 from symbiote.bus.ids import new_event_id, now_ms
 from symbiote.bus.server import NatsServer
 from symbiote.dispatcher import Dispatcher, Executors
+from symbiote.dispatcher.service import ORPHAN_GRACE_S
 from symbiote.registry.definition import ApprovalPolicy, CommandDefinition, validate_args
 from symbiote.signers.keys import SigningKey, sign_event
 from tests.helpers import World, eventually, is_terminal
@@ -203,7 +204,18 @@ async def test_crash_after_start_gives_outcome_unknown_unless_idempotent(world: 
         )
         await world.bus.publish(started, expect_last_seq=ack.seq, expect_subject=f"sym.cmd.{proposal.id}.>")
         results[command] = proposal.id
-    async with Dispatcher(world.bus, world.runtime, Executors(tmp_path / "ws")):
+    # a start this recent may still be running elsewhere: nothing is done about it yet
+    async with Dispatcher(world.bus, world.runtime, Executors(tmp_path / "ws"), durable="early") as early:
+
+        async def both_seen() -> bool:
+            return early.counts["running_elsewhere"] >= 2
+
+        await eventually(both_seen)
+    for cid in results.values():
+        assert types(await world.command_events(cid)) == ["proposed", "started"]
+    # once past its time limit and the grace after it, the runner is taken for dead
+    overdue = (30 + ORPHAN_GRACE_S) * 1000 + 5_000
+    async with Dispatcher(world.bus, world.runtime, Executors(tmp_path / "ws"), clock=lambda: now_ms() + overdue):
         unknown = await world.wait_terminal(results["note.write"])
         rerun = await world.wait_terminal(results["echo"])
     assert unknown.type == "command.denied" and unknown.body["reason"] == "outcome_unknown"
@@ -409,3 +421,26 @@ def test_fit_output_shares_the_room_and_keeps_both_ends() -> None:
     assert head and set(head) == {"é"} and tail.endswith("é") and "bytes cut …]" in tail  # whole characters
     assert fit_output({"n": 2**70})["error"].startswith("the output cannot be kept in the log")
     assert fit_output({"rows": ["x" * 20_000]}, budget=10_000)["error"] == "the output is too large to keep in the log"
+
+
+async def test_arguments_no_schema_can_check_are_invalid_not_a_crash(world: World, dispatcher: Dispatcher) -> None:
+    schema = {"type": "object", "properties": {"x": {"type": "number", "multipleOf": 0.1}}}
+    await define_command(
+        world.bus, world.owner, CommandDefinition(name="measure", description="d", executor="noop", args_schema=schema)
+    )
+    for value in (float("inf"), float("nan")):
+        proposal = await world.propose("measure", {"x": value})
+        denied = await _denial(world, proposal.id)
+        assert denied.body["reason"] == "invalid_args" and "cannot be checked" in denied.body["detail"]
+    fine = await world.propose("measure", {"x": 0.5})
+    assert (await world.wait_terminal(fine.id)).type == "command.succeeded"
+    assert dispatcher._service_task is not None and not dispatcher._service_task.done()
+
+
+def test_the_planner_refuses_numbers_json_cannot_hold() -> None:
+    from symbiote.agents.planner import _parse
+
+    assert _parse('{"command": "echo", "args": {"n": Infinity}, "confidence": 0.9}') is None
+    assert _parse('{"command": "echo", "args": {"n": NaN}, "confidence": 0.9}') is None
+    plan = _parse('{"command": "echo", "args": {"n": 1e308}, "confidence": 0.9}')
+    assert plan is not None and plan.args == {"n": 1e308}

@@ -66,13 +66,17 @@ class OpenAIPlanner:
         return _parse(content)
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _parse(content: str) -> LLMPlan | None:
     start, end = content.find("{"), content.rfind("}")
     if start < 0 or end < start:
         return None
     try:
-        data = json.loads(content[start : end + 1])
-    except ValueError:
+        data = json.loads(content[start : end + 1], parse_constant=_refuse_constant)
+    except ValueError:  # not JSON, or Infinity / NaN, which no schema can check
         return None
     if not isinstance(data, dict):
         return None

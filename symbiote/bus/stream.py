@@ -55,6 +55,7 @@ _RETRYABLE = (
     nats.js.errors.ServiceUnavailableError,
 )
 log = structlog.get_logger("symbiote.bus")
+_DIRECT_GETS = 64  # messages :meth:`Bus.history` fetches one by one before it reads the rest in bulk
 
 
 class Delivery:
@@ -282,11 +283,22 @@ class Bus:
         """The first message at or after ``seq`` on ``subject`` (wildcards allowed), or None."""
         return await self._direct_get({"seq": max(seq, 1), "next_by_subj": subject})
 
-    async def history(self, subject: str, from_seq: int = 1, limit: int = 1000) -> list[StoredMsg]:
-        """Every message on ``subject`` from ``from_seq`` on, in order (at most ``limit``)."""
+    async def history(self, subject: str, from_seq: int = 1, limit: int | None = 1000) -> list[StoredMsg]:
+        """Every message on ``subject`` from ``from_seq`` on, in order (at most ``limit``; all with None).
+
+        A few messages are fetched one by one; past that, the rest is read through a consumer
+        (one request per message would make a subject flooded with messages slow to read).
+        """
         found: list[StoredMsg] = []
         seq = from_seq
-        while len(found) < limit:
+        while limit is None or len(found) < limit:
+            if len(found) == _DIRECT_GETS:
+                async with contextlib.aclosing(self.read(subject, from_seq=seq)) as rest:
+                    async for stored in rest:
+                        found.append(stored)
+                        if limit is not None and len(found) >= limit:
+                            break
+                break
             msg = await self.next_after(subject, seq)
             if msg is None:
                 break

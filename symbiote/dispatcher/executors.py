@@ -8,6 +8,7 @@ is an in-process builtin that touches nothing.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -166,8 +167,12 @@ class Executors:
                 builtin = self.builtins.get(executor.split(":", 1)[1])
                 if builtin is None:
                     return Outcome(127, {"error": f"no builtin {executor}"}, 0)
+                limit_s = definition.sandbox.timeout_s
                 try:
-                    output = await builtin(args)
+                    output = await asyncio.wait_for(builtin(args), limit_s)
+                except TimeoutError:
+                    late = {"error": f"{executor} took longer than {limit_s:g} s", "timed_out": True}
+                    return Outcome(124, late, _ms(started))
                 except Exception as exc:  # a failing builtin fails its command, not the dispatcher
                     log.exception("executor.builtin_failed", command_id=command_id, executor=executor)
                     return Outcome(1, {"error": f"{executor} failed: {exc}"}, _ms(started))

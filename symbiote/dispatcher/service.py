@@ -39,7 +39,18 @@ from symbiote.signers.keys import SigningKey, sign_event
 __all__ = ["COMMAND_SUBJECTS", "Dispatcher"]
 
 COMMAND_SUBJECTS = ("sym.cmd.*.proposed", "sym.cmd.*.approved", "sym.cmd.*.rejected")
+ORPHAN_GRACE_S = 30.0
+"""How long past its time limit a started command may go without an outcome before another
+dispatcher takes its runner for dead (a message its runner left unacknowledged says so sooner)."""
 log = structlog.get_logger("symbiote.dispatcher")
+
+
+class _NotYet(Exception):
+    """A started command without an outcome may still be running: look again at ``at`` (ms)."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__(at)
+        self.at = at
 
 
 class Dispatcher(Service):
@@ -72,6 +83,7 @@ class Dispatcher(Service):
         self._stop = asyncio.Event()
         self._slots = asyncio.Semaphore(max_in_flight)
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._running: set[str] = set()  # commands this dispatcher has started and not yet reported
         self._failure: BaseException | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -155,6 +167,10 @@ class Dispatcher(Service):
             bound.warning("dispatch.retry_later", error=str(exc))
             await delivery.nak(delay=1.0)
             return
+        except _NotYet as later:  # started elsewhere, maybe still running: back when it would be overdue
+            self.counts["running_elsewhere"] += 1
+            await delivery.nak(delay=max(1.0, (later.at - self.clock()) / 1000))
+            return
         await delivery.ack()
 
     async def _on_proposal(self, delivery: Delivery, command_id: str) -> None:
@@ -224,7 +240,10 @@ class Dispatcher(Service):
         decided_before = (life.terminal_seq and life.terminal_seq < delivery.seq) or (
             life.started_seq and life.started_seq < delivery.seq
         )
-        if decided_before or not life.requested_at_seq or life.requested_at_seq > delivery.seq:
+        # an approval logged before the start but handled after it (a second tap, one more than the
+        # quorum): the command runs already; only a redelivery may be the one its runner left behind
+        running = life.started_seq and life.terminal is None and delivery.num_delivered <= 1
+        if decided_before or running or not life.requested_at_seq or life.requested_at_seq > delivery.seq:
             await self._note(
                 command_id,
                 "duplicate",
@@ -270,6 +289,13 @@ class Dispatcher(Service):
             return
         definition = life.definition
         if life.started_seq:
+            self._pending.pop(cid, None)
+            if cid in self._running:
+                return  # this dispatcher runs it and will report
+            overdue_at = _overdue_at(life)
+            if (delivery is None or delivery.num_delivered <= 1) and self.clock() < overdue_at:
+                # nothing says its runner died (a message it handled would come back unacknowledged)
+                raise _NotYet(overdue_at)
             if definition is not None and definition.idempotent:
                 await self._execute(life.proposal, definition, life.last_seq, delivery, rerun=True)
             else:
@@ -377,17 +403,21 @@ class Dispatcher(Service):
         )
         ack = await self.bus.publish(started, expect_last_seq=last_seq, expect_subject=subject)
         log.info("dispatch.started", command_id=cid, event_id=started.id, command=definition.name, rerun=rerun)
-        inprocess = definition.executor == "noop" or definition.executor.startswith("builtin:")
-        keepalive = None if delivery is None or inprocess else asyncio.create_task(self._keep_alive(delivery))
+        self._running.add(cid)
         try:
-            # the proposal's body was validated when it was judged (check_proposal)
-            outcome = await self.executors.run(cid, definition, dict(proposal.body["args"]))
+            # the message stays ours while it runs: not redelivered (and taken for an orphan) elsewhere
+            keepalive = None if delivery is None else asyncio.create_task(self._keep_alive(delivery))
+            try:
+                # the proposal's body was validated when it was judged (check_proposal)
+                outcome = await self.executors.run(cid, definition, dict(proposal.body["args"]))
+            finally:
+                if keepalive is not None:
+                    keepalive.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await keepalive
+            await self._publish_outcome(proposal, outcome, ack.seq)
         finally:
-            if keepalive is not None:
-                keepalive.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await keepalive
-        await self._publish_outcome(proposal, outcome, ack.seq)
+            self._running.discard(cid)
 
     async def _publish_outcome(self, proposal: Envelope, outcome: Outcome, started_seq: int) -> None:
         cid = proposal.id
@@ -497,9 +527,19 @@ class Dispatcher(Service):
                     self._pending.pop(cid, None)
                     try:
                         await self._advance(cid, None)
+                    except _NotYet as later:
+                        self._pending[cid] = later.at
                     except BusError as exc:
                         self._pending[cid] = expires
                         log.warning("dispatch.expiry_retry", command_id=cid, error=str(exc))
+
+
+def _overdue_at(life: CommandLife) -> int:
+    """When (ms) a started command with no outcome is past its time limit and the grace after it."""
+    started = next((event for seq, event in life.events if seq == life.started_seq), None)
+    limit_s = life.definition.sandbox.timeout_s if life.definition is not None else 30.0
+    at = started.at if started is not None else 0
+    return at + int((limit_s + ORPHAN_GRACE_S) * 1000)
 
 
 def _clean(value: Any) -> Any:

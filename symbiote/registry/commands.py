@@ -13,7 +13,7 @@ __all__ = ["load_life", "pending_approvals"]
 
 async def load_life(bus: Bus, follower: RegistryFollower, command_id: str) -> CommandLife:
     """Fold every event on ``sym.cmd.<command_id>.>`` with the registry as of each position."""
-    msgs = await bus.history(f"sym.cmd.{command_id}.>", 1)
+    msgs = await bus.history(f"sym.cmd.{command_id}.>", 1, limit=None)  # all: no event may be left out
     events: list[tuple[int, Envelope]] = []
     for msg in msgs:
         try:

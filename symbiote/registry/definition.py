@@ -92,6 +92,8 @@ def validate_args(definition: CommandDefinition, args: dict[str, Any]) -> str | 
         error = jsonschema.exceptions.best_match(validator.iter_errors(args))
     except referencing.exceptions.Unresolvable as exc:  # schemas never fetch anything
         return f"(args): the command's schema refers to something it does not hold: {exc}"[:500]
+    except (ArithmeticError, ValueError, TypeError, RecursionError) as exc:  # e.g. inf or NaN against multipleOf
+        return f"(args): cannot be checked against the command's schema: {exc!r}"[:500]
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path) or "(args)"
