@@ -29,7 +29,7 @@ from symbiote.bus.stream import Bus, redact_url
 from symbiote.dispatcher.executors import Builtin, Executors
 from symbiote.dispatcher.service import Dispatcher
 from symbiote.home import DataDir
-from symbiote.lifecycle import tune_gc
+from symbiote.lifecycle import cancel_and_wait, tune_gc
 from symbiote.projections import MEMORY_SEARCH_DEFINITION, Checkpointer, Projections, memory_search_builtin
 from symbiote.projections.pgserver import PostgresServer, PostgresServerConfig
 from symbiote.registry.definition import load_definition
@@ -176,8 +176,19 @@ class Runtime:
         await self.stop()
 
     async def serve_until(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set (by a signal handler)."""
-        await stop.wait()
+        """Run until ``stop`` is set (by a signal handler), or until the dispatcher or the agent
+        stops by itself: a runtime that goes on without them would accept requests nobody acts on.
+        Stopping the runtime then re-raises the component's failure."""
+        services = [s._service_task for s in (self.dispatcher, self.agent) if s is not None and s._service_task]
+        waiting = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait([waiting, *services], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await cancel_and_wait([waiting])
+        for task in done:
+            if task is not waiting:
+                error = None if task.cancelled() else task.exception()
+                log.error("runtime.component_stopped", component=task.get_name(), error=repr(error))
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

@@ -444,3 +444,26 @@ def test_the_planner_refuses_numbers_json_cannot_hold() -> None:
     assert _parse('{"command": "echo", "args": {"n": NaN}, "confidence": 0.9}') is None
     plan = _parse('{"command": "echo", "args": {"n": 1e308}, "confidence": 0.9}')
     assert plan is not None and plan.args == {"n": 1e308}
+
+
+async def test_the_runtime_stops_when_its_dispatcher_fails(nats_url: str, tmp_path: Path) -> None:
+    """A runtime that went on without its dispatcher would take requests nobody acts on: it stops,
+    and the dispatcher's failure is what stopping it raises."""
+    from symbiote.home import DataDir
+    from symbiote.runtime import Runtime, RuntimeOptions
+
+    options = RuntimeOptions(nats_url=nats_url, postgres=False, api=False)
+    never = asyncio.Event()
+
+    async def run_and_break() -> None:
+        async with Runtime(DataDir(tmp_path / "home"), options) as runtime:
+            assert runtime.dispatcher is not None
+            serving = asyncio.create_task(runtime.serve_until(never))
+            await asyncio.sleep(0.2)
+            assert not serving.done()
+            runtime.dispatcher._failure = RuntimeError("the dispatcher broke")  # as a sub-task's failure does
+            runtime.dispatcher._stop.set()
+            await asyncio.wait_for(serving, 10)
+
+    with pytest.raises(RuntimeError, match="the dispatcher broke"):
+        await run_and_break()

@@ -148,7 +148,7 @@ def up(
                 "  .venv/bin/symbiote audit\n"
                 "Stop with Ctrl-C."
             )
-            await stop.wait()
+            await runtime.serve_until(stop)
             console.print("stopping…")
 
     configure_logging(log_level)
