@@ -97,6 +97,7 @@ def _valid_wire() -> bytes:
         ("sigs not an array", lambda m: canon({**m, "sigs": m["sigs"][0]})),
         ("signature extra key", lambda m: canon({**m, "sigs": [{**m["sigs"][0], "z": 1}]})),
         ("kid not a string", lambda m: canon({**m, "sigs": [{**m["sigs"][0], "kid": 7}]})),
+        ("same key twice", lambda m: canon({**m, "sigs": [m["sigs"][0], m["sigs"][0]]})),
     ],
 )
 def test_decoder_rejects(name: str, mutate: Any) -> None:

@@ -246,6 +246,8 @@ def _field_problem(raw: dict[str, Any]) -> str | None:
             return f"sigs.{index}.kid: must be a string"
         if type(sig["sig"]) is not bytes or len(sig["sig"]) != 64:
             return f"sigs.{index}.sig: must be 64 bytes"
+    if len(sigs) > 1 and len({sig["kid"] for sig in sigs}) != len(sigs):
+        return "sigs: a key signs an event at most once"  # else one event could travel as other bytes
     return None
 
 
