@@ -881,8 +881,7 @@ async def why(bus: Bus, command_id: str) -> CommandStory:
     if not is_event_id(command_id):
         raise ConfigError("a command id is the UUID of its proposal (lower-case, with hyphens)", command_id=command_id)
     story = CommandStory(command_id, found=False)
-    async with reading(bus, f"sym.cmd.{command_id}.>", from_seq=1) as stored:
-        msgs = [msg async for msg in stored]  # all of them: none may be left out of the story
+    msgs = await bus.history(f"sym.cmd.{command_id}.>", 1, limit=None)  # all: none may be left out of the story
     if not msgs:
         return story
     story.found = True

@@ -173,10 +173,7 @@ class SigningKey:
             data = path.read_bytes()
         except OSError as exc:
             raise KeyFileError("cannot read key file", path=str(path), error=str(exc)) from exc
-        principal = ""
-        first, _, _ = data.partition(b"\n")
-        if first.startswith(b"# principal: "):
-            principal = first[len(b"# principal: ") :].decode().strip()
+        principal = _comment(data.partition(b"\n")[0], "principal") or ""
         try:
             key = serialization.load_pem_private_key(data, password=passphrase or None)
         except (ValueError, TypeError) as exc:
@@ -196,10 +193,13 @@ def kid_in_file(path: Path) -> str | None:
             head = [file.readline() for _ in range(2)]
     except OSError:
         return None
-    for line in head:
-        if line.startswith(b"# kid: "):
-            return line[len(b"# kid: ") :].decode(errors="replace").strip() or None
-    return None
+    return next((kid for line in head if (kid := _comment(line, "kid"))), None)
+
+
+def _comment(line: bytes, name: str) -> str | None:
+    """The value of a ``# <name>: <value>`` line that :meth:`SigningKey.save` writes; None if ``line`` is none."""
+    prefix = f"# {name}: ".encode()
+    return line[len(prefix) :].decode(errors="replace").strip() if line.startswith(prefix) else None
 
 
 def sign_event(event: Envelope, key: SigningKey) -> Envelope:
