@@ -231,9 +231,9 @@ async def load_checkpoint_rows(dsn: str, schema: str = "public") -> _Loaded:
         except DecodeError as exc:
             problems.append((name, f"unreadable checkpoint: {exc}"))
             continue
-        stored = (row["first_seq"], row["last_seq"], row["count"], bytes(row["root"]), row["prev"])
-        prev = bytes(stored[4]) if stored[4] is not None else None
-        if stored[:4] != (record.first_seq, record.last_seq, record.count, record.root) or prev != record.prev:
+        prev = bytes(row["prev"]) if row["prev"] is not None else None
+        stored = (row["first_seq"], row["last_seq"], row["count"], bytes(row["root"]), prev)
+        if stored != (record.first_seq, record.last_seq, record.count, record.root, record.prev):
             problems.append((name, "its columns differ from the signed event it holds"))
         records.append(record)
     return records, problems
