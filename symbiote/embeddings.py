@@ -13,11 +13,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Embedder", "load_embedder"]
+__all__ = ["MAX_TOKENS", "Embedder", "load_embedder"]
 
 # The tokenizer's own thread pool would hold locks across a fork, and the projections fork
 # worker processes that embed: keep tokenizing single-threaded (the texts are short).
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+MAX_TOKENS = 512
+"""Tokens of a text that count: a text's vector is the mean of its first ``MAX_TOKENS`` tokens'. A
+batch is padded to its longest text, so without a bound one long text would cost memory in
+proportion to the batch size times its length (gigabytes for one 32 KB input)."""
 
 
 class Embedder:
@@ -40,4 +44,6 @@ def load_embedder() -> Embedder:
     from wordllama import WordLlama
 
     folder = Path(wordllama.__file__).parent
-    return Embedder(WordLlama.load(cache_dir=folder, disable_download=True, dim=256))
+    model = WordLlama.load(cache_dir=folder, disable_download=True, dim=256)
+    model.tokenizer.enable_truncation(max_length=MAX_TOKENS)
+    return Embedder(model)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import numpy as np
 import pytest
 import pytest_asyncio
 
@@ -13,7 +14,7 @@ from symbiote.agents import Agent, IntentMatcher
 from symbiote.agents.extract import extract_args
 from symbiote.bootstrap import define_command
 from symbiote.bus.envelope import Envelope, from_wire, make_event
-from symbiote.embeddings import load_embedder
+from symbiote.embeddings import MAX_TOKENS, load_embedder
 from symbiote.projections import MEMORY_SEARCH_DEFINITION
 from symbiote.registry import default_definitions
 from symbiote.registry.definition import load_definition
@@ -46,6 +47,17 @@ async def answer(world: World, source: Envelope, timeout: float = 10.0) -> Envel
                     return event
         assert asyncio.get_running_loop().time() < deadline, "the agent did not answer"
         await asyncio.sleep(0.1)
+
+
+def test_a_long_text_counts_its_first_tokens_only() -> None:
+    """A text's vector is that of its first MAX_TOKENS tokens: one long input cannot make a batch
+    padded to its length (gigabytes for a 32 KB text of emoji) nor differ by what follows."""
+    embedder = load_embedder()
+    head = "remember the garden " * MAX_TOKENS
+    tail = "\U0001f389" * 8000
+    short, long = embedder.embed(["buy milk", head]), embedder.embed(["buy milk", head + tail])
+    assert np.array_equal(short, long)
+    assert float(short[1] @ embedder.embed(["remember the garden"])[0]) > 0.9
 
 
 def test_intent_ranking_and_extraction() -> None:

@@ -222,6 +222,28 @@ async def test_forged_decisions_change_nothing(world: World, dispatcher: Dispatc
     assert [e.type for e in outcome if e.actor == "runtime:main"].count("command.started") == 1
 
 
+async def test_decisions_copied_from_another_command_change_nothing(world: World, dispatcher: Dispatcher) -> None:
+    """The runtime's signed start and outcome of command A, copied onto B's subjects by someone who
+    can publish (no key needed), must not end B: a decision counts only for the command it names."""
+    done = await world.propose("echo", {"text": "A"})
+    await world.wait_terminal(done.id)
+    pending = await requested(world, ["echo", "B"])
+    for event in await world.command_events(done.id):
+        if event.type in ("command.started", "command.succeeded"):
+            phase = event.type.rsplit(".", 1)[1]
+            await world.bus.publish_raw(f"sym.cmd.{pending.id}.{phase}", event.to_wire(), msg_id=new_event_id())
+    life = await load_life(world.bus, RegistryFollower(world.bus), pending.id)
+    assert life.pending_approval and not life.started_seq and life.terminal is None
+    await world.bus.publish(sign_answer(pending, world.user, approve=True))
+    outcome = await world.wait_for(
+        pending.id,
+        lambda evs: any(e.type == "command.succeeded" and e.body["command_id"] == pending.id for e in evs),
+    )
+    mine = [e for e in outcome if e.body.get("command_id") == pending.id]
+    assert [e.type for e in mine].count("command.started") == 1
+    assert next(e for e in mine if e.type == "command.succeeded").body["output"]["stdout"] == "B\n"
+
+
 async def test_two_approvals_for_one_command_run_it_once_and_keep_its_outcome(
     world: World, dispatcher: Dispatcher
 ) -> None:

@@ -189,6 +189,8 @@ def fold_event(life: CommandLife, seq: int, event: Envelope, state: RegistryStat
     Approvals count only if :func:`check_approval` accepts them and they came after the approval
     request and before the command was decided, and were signed before the request expired;
     decisions (request, start, outcome, denial) count only if the runtime signed them. Every
+    event but the proposal counts only if its body names this command: a validly signed event of
+    another command, copied onto this command's subjects, changes nothing. Every
     rule is judged at the event's own position, so folding event by event as the log grows gives
     the same life as folding the whole history at once.
     """
@@ -196,6 +198,8 @@ def fold_event(life: CommandLife, seq: int, event: Envelope, state: RegistryStat
     life.events.append((seq, event))
     life.last_seq = max(life.last_seq, seq)
     kind = event.type
+    if kind != "command.proposed" and event.body.get("command_id") != command_id:
+        return  # about another command (a signed event copied onto this one's subject): not this one's
     if kind in RUNTIME_DECISIONS and not _by_runtime(state, event, seq):
         return  # only the runtime decides: a forged decision changes nothing
     if kind == "command.proposed":
