@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,33 @@ class DataDir:
     @property
     def tls_dir(self) -> Path:
         return self.root / "tls"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "lock"
+
+    @contextlib.contextmanager
+    def lock(self, holder: str) -> Iterator[None]:
+        """Hold this data dir for ``holder`` (``symbiote up``, or a command that starts its own
+        NATS on it): two servers on one store would corrupt it. The lock goes with the process
+        (``flock``), so a process that died holds nothing. Raises :class:`ConfigError` naming the
+        holder when another process has it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+                raise ConfigError(
+                    f"this data dir is in use by {held}: stop it first, or use another data dir",
+                    data_dir=str(self.root),
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{holder} (pid {os.getpid()})\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def ensure(self) -> None:
         """Create the folders; the data dir and its keys are the owner's alone (mode 0700)."""
@@ -136,6 +165,13 @@ class DataDir:
         tmp.replace(self.runtime_file)
 
     def clear_runtime(self) -> None:
+        """Remove ``runtime.json`` if this process wrote it (never another runtime's)."""
+        try:
+            data = json.loads(self.runtime_file.read_text())
+        except (OSError, ValueError):
+            data = None
+        if isinstance(data, dict) and data.get("pid") not in (None, os.getpid()):
+            return
         self.runtime_file.unlink(missing_ok=True)
 
 

@@ -86,6 +86,7 @@ class Runtime:
     async def _start(self) -> None:
         stack = self._stack
         self.home.ensure()
+        stack.enter_context(self.home.lock("symbiote up"))  # one runtime per data dir
         problems = BubblewrapSandbox().preflight()
         if problems:
             log.warning("sandbox.preflight", problems=problems, note="sandboxed commands will fail closed")
@@ -192,10 +193,10 @@ class Runtime:
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:
-    """SIGINT / SIGTERM set ``stop``."""
+    """SIGINT / SIGTERM / SIGHUP (the terminal closed) set ``stop``."""
     import signal
 
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)

@@ -166,6 +166,14 @@ def test_up_say_events_keys_and_clean_stop(running: tuple[Path, subprocess.Popen
     listed = [json.loads(line) for line in cli(data_dir, "keys", "list", "--json").stdout.splitlines()]
     assert next(k for k in listed if k["principal"] == "user:phone")["revoked_seq"] is not None
     assert cli(data_dir, "keys", "add", "x", "--role", "user", "--public-key", "ed25519:bad", check=False).returncode
+    again = cli(data_dir, "keys", "add", "phone2", "--role", "user", "--public-key", device.kid, check=False)
+    assert again.returncode == 1 and "already registered, as user:phone" in again.stderr, again.stderr
+    assert "revoked at seq" in again.stderr
+    spaced = cli(data_dir, "keys", "add", "Bob Smith", "--role", "user", "--public-key", device.kid, check=False)
+    assert spaced.returncode == 2 and "lower-case" in spaced.stderr, spaced.stderr
+    assert "registry.refused" not in cli(data_dir, "keys", "list").stderr
+    second = cli(data_dir, "up", "--no-api", check=False)  # one runtime per data dir
+    assert second.returncode == 1 and "in use by symbiote up" in second.stderr, second.stderr
 
     definition = tmp_path / "greet.toml"
     definition.write_text(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from pathlib import Path
 
 import msgpack
@@ -467,3 +468,25 @@ async def test_the_runtime_stops_when_its_dispatcher_fails(nats_url: str, tmp_pa
 
     with pytest.raises(RuntimeError, match="the dispatcher broke"):
         await run_and_break()
+
+
+async def test_a_second_runtime_on_the_same_data_dir_is_refused(nats_url: str, tmp_path: Path) -> None:
+    """Two runtimes on one data dir would run two servers on one store and take each other's
+    runtime.json: the second is refused, naming the first, and the first runs on untouched."""
+    from symbiote.errors import ConfigError
+    from symbiote.home import DataDir
+    from symbiote.runtime import Runtime, RuntimeOptions
+
+    home = DataDir(tmp_path / "home")
+    options = RuntimeOptions(nats_url=nats_url, postgres=False, api=False)
+    async with Runtime(home, options):
+        written = home.runtime_file.read_text()
+        with pytest.raises(ConfigError, match=rf"in use by symbiote up \(pid {os.getpid()}\)"):
+            async with Runtime(home, options):
+                pass
+        assert home.runtime_file.read_text() == written
+        with pytest.raises(ConfigError, match="in use by symbiote up"), home.lock("a command"):
+            pass
+    with home.lock("a command"):  # released with the runtime
+        pass
+    assert not home.runtime_file.exists()

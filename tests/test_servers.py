@@ -9,6 +9,7 @@ import os
 import socket
 import stat
 import subprocess
+import sys
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -430,3 +431,66 @@ async def test_pg_foreign_data_dir_raises(pg_data_dir: Path) -> None:
         await server.start()
     assert "log" in info.value.fields
     assert not server.running
+
+
+# --------------------------------------------------------------------------
+# leftovers: a server must never outlive its supervisor, nor share its data with a second one
+# --------------------------------------------------------------------------
+
+_SUPERVISOR = """
+import asyncio, sys
+from pathlib import Path
+from symbiote.bus.server import NatsServer, NatsServerConfig
+from symbiote.projections.pgserver import PostgresServer, PostgresServerConfig
+
+async def main() -> None:
+    nats = NatsServer(NatsServerConfig(store_dir=Path(sys.argv[1])))
+    pg = PostgresServer(PostgresServerConfig(data_dir=Path(sys.argv[2])))
+    await nats.start()
+    await pg.start()
+    print(nats.pid, pg.pid, flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.timeout(120)
+async def test_servers_stop_when_their_supervisor_is_killed(tmp_path: Path, pg_data_dir: Path) -> None:
+    """``symbiote up`` killed with SIGKILL (or its terminal closed) cannot stop its servers in order:
+    the kernel signals them (PR_SET_PDEATHSIG), so none is left running on the data."""
+    script = tmp_path / "supervisor.py"
+    script.write_text(_SUPERVISOR)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), str(tmp_path / "nats"), str(pg_data_dir), stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 90)
+    nats_pid, pg_pid = (int(p) for p in line.split())
+    assert _pid_alive(nats_pid) and _pid_alive(pg_pid)
+    trees = _process_tree(nats_pid) | _process_tree(pg_pid)
+    proc.kill()
+    await proc.wait()
+    for _ in range(200):
+        if not _running(trees):
+            break
+        await asyncio.sleep(0.1)
+    assert _running(trees) == set()
+    async with PostgresServer(PostgresServerConfig(data_dir=pg_data_dir)) as again:  # starts cleanly
+        assert again.running
+
+
+@pytest.mark.timeout(120)
+async def test_a_second_server_on_the_same_data_is_refused_in_one_line(tmp_path: Path, pg_data_dir: Path) -> None:
+    async with NatsServer(NatsServerConfig(store_dir=tmp_path)) as first:
+        with pytest.raises(ServerStartError) as info:
+            await NatsServer(NatsServerConfig(store_dir=tmp_path)).start()
+        assert f"(pid {first.pid}) still serves this store" in info.value.message
+        assert f"kill {first.pid}" in info.value.message
+        assert first.running
+    async with PostgresServer(PostgresServerConfig(data_dir=pg_data_dir)) as pg:
+        with pytest.raises(ServerStartError) as info:
+            await PostgresServer(PostgresServerConfig(data_dir=pg_data_dir)).start()
+        assert f"(pid {pg.pid}) still serves this data" in info.value.message
+        assert "\n" not in info.value.message
+        assert pg.running

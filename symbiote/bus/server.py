@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import importlib.metadata
 import json
 import os
@@ -38,7 +40,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -51,11 +53,13 @@ __all__ = [
     "NatsServer",
     "NatsServerConfig",
     "ServerProcess",
+    "leftover_process",
 ]
 
 _LOG_TAIL_BYTES = 64 * 1024
 _POLL_MIN_S = 0.005
 _POLL_MAX_S = 0.05
+_PR_SET_PDEATHSIG = 1
 
 
 # --------------------------------------------------------------------------
@@ -109,6 +113,36 @@ def _still_alive(pids: set[int]) -> set[int]:
     return {p for p in pids if p in table}
 
 
+def _signal_on_parent_death(sig: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel send ``sig`` to the child when its parent dies
+    (Linux ``PR_SET_PDEATHSIG``); None where that cannot be had.
+
+    The libc function is looked up here, before the fork: the child only calls it.
+    """
+    try:
+        prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, sig)
+        if os.getppid() != parent:  # the parent died before the line above
+            os._exit(1)
+
+    return arm
+
+
+def leftover_process(pid: int, marker: str) -> bool:
+    """Whether ``pid`` is a live process whose command line names ``marker`` (its data dir or
+    configuration file): a server an earlier run left on the same data."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return pid != os.getpid() and marker.encode() in cmdline
+
+
 class ServerProcess:
     """One supervised child process.
 
@@ -116,7 +150,9 @@ class ServerProcess:
     terminal, so a terminal ^C reaches only the supervisor, which then stops
     it in order), with stdin from ``/dev/null`` and stdout+stderr appended to
     ``log_path``.  ``run_as=(uid, gid)`` drops privileges in the child (used
-    when running as root).  The helper is loop-agnostic: it polls instead of
+    when running as root).  The child gets ``death_signal`` when the process
+    that started it dies, even by SIGKILL: a supervisor that cannot stop it in
+    order leaves no server behind on its data.  The helper is loop-agnostic: it polls instead of
     using asyncio child watchers, so a process started in one event loop can be
     stopped from another (pytest session vs. function loops).
     """
@@ -130,6 +166,7 @@ class ServerProcess:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         run_as: tuple[int, int] | None = None,
+        death_signal: int = signal.SIGTERM,
     ) -> None:
         self.name = name
         self.argv = [str(a) for a in argv]
@@ -137,6 +174,7 @@ class ServerProcess:
         self._env = dict(env) if env is not None else None
         self._cwd = cwd
         self._run_as = run_as
+        self._death_signal = death_signal
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
 
@@ -178,6 +216,7 @@ class ServerProcess:
                     cwd=self._cwd,
                     start_new_session=True,
                     close_fds=True,
+                    preexec_fn=_signal_on_parent_death(self._death_signal),
                     **kwargs,
                 )
             except OSError as exc:
@@ -489,6 +528,15 @@ class NatsServer(ManagedServer):
         store.mkdir(parents=True, exist_ok=True)
         os.chmod(store, 0o700)  # the log itself: the server's alone
         for stale in store.glob("*.ports"):
+            pid = stale.stem.rsplit("_", 1)[-1]
+            if pid.isdigit() and leftover_process(int(pid), str(self.config_path)):
+                raise ServerStartError(
+                    f"a nats-server of an earlier run (pid {pid}) still serves this store: "
+                    f"stop it (kill {pid}) and start again",
+                    log="",
+                    pid=int(pid),
+                    store_dir=str(store),
+                )
             stale.unlink(missing_ok=True)
         # 0600: the configuration may hold the authorization token
         fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -96,12 +96,13 @@ async def _bus(home: DataDir, nats_url: str | None, *, start_if_down: bool = Fal
         raise SymbioteError("the runtime is not up: run `symbiote up` (or pass --nats-url)", data_dir=str(home.root))
     home.ensure()
     token = home.nats_token()
-    async with NatsServer(NatsServerConfig(store_dir=home.nats_dir, token=token)) as server:
-        bus = await Bus.connect(server.url, name="symbiote-cli", token=token)
-        try:
-            yield bus
-        finally:
-            await bus.close()
+    with home.lock("a symbiote command that reads the log"):
+        async with NatsServer(NatsServerConfig(store_dir=home.nats_dir, token=token)) as server:
+            bus = await Bus.connect(server.url, name="symbiote-cli", token=token)
+            try:
+                yield bus
+            finally:
+                await bus.close()
 
 
 # -- init / up -------------------------------------------------------------------------------
@@ -114,7 +115,11 @@ def _emit(row: EventRow, as_json: bool) -> None:
 
 def _print_row(row: EventRow, *, compact: bool = False) -> None:
     event = row.event
-    signed = plain(", ".join(row.verified)) if row.verified else f"[red]✗ {plain(row.problem)}[/red]"
+    signed = f"[dim]✓ {plain(', '.join(row.verified))}[/dim]" if row.verified else ""
+    if row.problem and signed:  # signed as it says, yet without effect (a registry change refused)
+        signed += f" [red]refused: {plain(row.problem)}[/red]"
+    elif row.problem:
+        signed = f"[red]✗ {plain(row.problem)}[/red]"
     if event is None:
         console.print(f"{row.seq:>6}  {plain(row.subject)}  [red]{plain(row.problem)}[/red]")
         return
@@ -126,7 +131,7 @@ def _print_row(row: EventRow, *, compact: bool = False) -> None:
         kind, actor = plain(f"{event.type:<27}"), plain(f"{event.actor:<16}")
         command_id = command_id_of(row.subject)
         about = f"[dim]{command_id}[/dim]  " if command_id else ""  # which command, in the whole log
-        console.print(f"{row.seq:>6}  {kind} {actor} [dim]✓ {signed}[/dim]  {about}{summary}", soft_wrap=True)
+        console.print(f"{row.seq:>6}  {kind} {actor} {signed}  {about}{summary}", soft_wrap=True)
 
 
 def _summary(kind: str, body: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ from rich.table import Column, Table
 if TYPE_CHECKING:
     from symbiote.agents.voice import Transcript
 
+from symbiote.api.pairing import valid_name
 from symbiote.bootstrap import define_command, initialize, register_key, revoke_key
 from symbiote.bus.envelope import make_event
 from symbiote.bus.stream import Bus, redact_url
@@ -106,9 +107,9 @@ def up(
     stream_replicas: Annotated[
         int, typer.Option(min=1, max=5, help="Replicas of the stream when --nats-url is a cluster (3 recommended)")
     ] = 1,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+    log_level: Annotated[str, typer.Option(help="debug, info (every decision), warning")] = "warning",
 ) -> None:
-    """Start the embedded servers and the runtime; stop everything on Ctrl-C / SIGTERM."""
+    """Start the embedded servers and the runtime; stop everything on Ctrl-C / SIGTERM / SIGHUP."""
     from symbiote.runtime import Runtime, RuntimeOptions, install_signal_handlers
 
     home = _home(data_dir)
@@ -132,16 +133,23 @@ def up(
             console.print(f"[green]symbiote is up[/green]  data: {plain(home.root)}")
             nats = redact_url(runtime.nats_url or "")
             console.print(plain(f"  nats: {nats}   postgres: {runtime.postgres_dsn}   api: {runtime.api_url}"))
-            if demo:
+            shown = home.root / "demo-shown"
+            if demo and shown.exists():
+                console.print(
+                    "[dim](the demo ran on this data dir's first start and is not run again: its requests "
+                    "are signed with your user key, and the log should hold only what you asked)[/dim]"
+                )
+            elif demo:
                 assert runtime.bus is not None
                 await _demo(runtime.bus, home)
+                shown.touch()
             standard = Path.home() / ".local" / "share" / "symbiote"
             env = "" if home.root == standard.resolve() else f"  export SYMBIOTE_DATA_DIR={home.root}\n"
             console.print(
                 "\nTry it in another terminal (in this folder):\n"
                 f"{env}"
                 '  .venv/bin/symbiote say "echo hello" --wait\n'
-                '  .venv/bin/symbiote say "run ls -la /" --wait\n'
+                '  .venv/bin/symbiote say "run uname -a" --wait\n'
                 "  .venv/bin/symbiote approvals            # then: .venv/bin/symbiote approve <command id> --wait\n"
                 "  .venv/bin/symbiote events --follow\n"
                 "  .venv/bin/symbiote keys pair --name me  # your phone (start `up` with --api-host 0.0.0.0)\n"
@@ -352,10 +360,25 @@ def keys_add(
         err.print("[red]error:[/red] role must be owner, user, agent or runtime")
         raise typer.Exit(2)
 
+    if not valid_name(name):
+        err.print("[red]error:[/red] NAME must be lower-case letters, digits, '_', '.' or '-' (at most 63)")
+        raise typer.Exit(2)
+
     async def go() -> None:
         public_key_from_kid(public_key)
         async with _bus(home, nats_url) as bus:
+            follower = RegistryFollower(bus)
+            known = (await follower.refresh()).keyring.entry(public_key)
+            if known is not None:  # the registry would refuse it: say so instead of logging it
+                when = f", revoked at seq {known.revoked_seq}" if known.revoked_seq is not None else ""
+                raise SymbioteError(
+                    f"this key is already registered, as {known.principal} at seq {known.registered_seq}{when}; "
+                    "a key is registered once"
+                )
             seq = await register_key(bus, home.load_key("owner"), public_key, f"{role}:{name}")
+            entry = (await follower.refresh()).keyring.entry(public_key)
+            if entry is None or entry.registered_seq != seq:
+                raise SymbioteError("the registry refused the registration (see `symbiote events`)", seq=seq)
         console.print(plain(f"registered {role}:{name} ({public_key}) at seq {seq}"))
 
     _run(go)

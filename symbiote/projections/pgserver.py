@@ -57,7 +57,7 @@ from urllib.parse import quote
 
 import asyncpg
 
-from symbiote.bus.server import ManagedServer, ServerProcess
+from symbiote.bus.server import ManagedServer, ServerProcess, leftover_process
 from symbiote.errors import ConfigError, ServerStartError, StoreError
 
 __all__ = [
@@ -326,6 +326,7 @@ class PostgresServer(ManagedServer):
                 self.pgdata.rmdir()
             await self._initdb(bin_dir)
 
+        self._refuse_leftover()
         for attempt in range(_PORT_ATTEMPTS):
             auto_port = self._port is None
             port = self._port if self._port is not None else _free_port()
@@ -353,6 +354,21 @@ class PostgresServer(ManagedServer):
                 raise proc.failure("cannot set up the database", error=repr(exc)) from exc
             raise
 
+    def _refuse_leftover(self) -> None:
+        """Say so, in one line, when a postmaster of an earlier run still serves this cluster."""
+        try:
+            first = (self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0].strip()
+        except OSError:
+            return
+        if first.isdigit() and leftover_process(int(first), str(self.pgdata)):
+            raise ServerStartError(
+                f"a PostgreSQL of an earlier run (pid {first}) still serves this data: "
+                f"stop it (kill -INT {first}) and start again",
+                log="",
+                pid=int(first),
+                pgdata=str(self.pgdata),
+            )
+
     def _spawn_postgres(self, bin_dir: Path, port: int) -> ServerProcess:
         argv = [
             str(bin_dir / "postgres"),
@@ -367,7 +383,10 @@ class PostgresServer(ManagedServer):
             "-c",
             "logging_collector=off",
         ]
-        proc = ServerProcess("postgres", argv, self.log_path, env=self._env(), run_as=self._run_as)
+        # if this process dies without stopping it: a fast shutdown, as stop() starts with
+        proc = ServerProcess(
+            "postgres", argv, self.log_path, env=self._env(), run_as=self._run_as, death_signal=signal.SIGINT
+        )
         proc.spawn()
         return proc
 

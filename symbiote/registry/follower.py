@@ -38,15 +38,16 @@ class RegistryFollower:
                 event = from_wire(msg.data)
             except DecodeError as exc:
                 self.state.rejected += 1
-                log.warning("registry.rejected", seq=msg.seq, error=str(exc))
+                log.info("registry.rejected", seq=msg.seq, error=str(exc))
                 continue
             if event.type not in REGISTRY_TYPES:
                 self.state.rejected += 1
-                log.warning("registry.rejected", seq=msg.seq, event_id=event.id, type=event.type)
+                log.info("registry.rejected", seq=msg.seq, event_id=event.id, type=event.type)
                 continue
             verdict = self.state.apply(event, msg.seq)
             if not verdict.ok:
-                log.warning(
+                # info: every fold from the start meets it again; the audit and `events` name it
+                log.info(
                     "registry.refused", seq=msg.seq, event_id=event.id, reason=verdict.reason, detail=verdict.detail
                 )
             if msg.seq >= seq:
