@@ -39,6 +39,7 @@ __all__ = [
     "KEY_COLUMNS",
     "MEMORY_COLUMNS",
     "REGISTRY_COLUMNS",
+    "TIMELINE_EDGE",
     "Folder",
     "MemoryRow",
     "RecentCommands",
@@ -122,6 +123,8 @@ REGISTRY_COLUMNS = (
 MEMORY_COLUMNS = ("seq", "kind", "event_id", "command_id", "actor", "corr", "at", "text", "embedding")
 INPUT_ROLES = frozenset({"user", "owner", "runtime"})
 MEMORY_SKIP_COMMANDS = frozenset({"memory.search"})  # its outcomes quote memory; do not remember them
+TIMELINE_EDGE = 50
+"""A command's stored timeline keeps its first and last this many events (see :func:`_timeline`)."""
 _INT64_MAX = 2**63 - 1
 EarlierLookup = Callable[[list[str], int], Awaitable[set[str]]]
 """``(command ids, before seq) -> the ids that have an event before that sequence``."""
@@ -560,9 +563,10 @@ class Folder:
         proposal = life.proposal
         body = proposal.body if proposal is not None else {}
         definition = life.definition
-        by_seq = dict(life.events)
+        counted = set(life.approvals.values())
+        at_of = {seq: event.at for seq, event in life.events if seq in counted}
         approvals = [
-            {"principal": principal, "seq": seq, "at": by_seq[seq].at if seq in by_seq else None}
+            {"principal": principal, "seq": seq, "at": at_of.get(seq)}
             for principal, seq in sorted(life.approvals.items(), key=lambda item: item[1])
         ]
         terminal = life.terminal
@@ -577,7 +581,7 @@ class Folder:
             output = json_text(terminal.body.get("output", {}))
         confidence = body.get("confidence")
         command = body.get("command")
-        timeline = [_timeline_entry(seq, event) for seq, event in life.events]
+        timeline = _timeline(life.events)
         last_event = life.events[-1][1] if life.events else None
         return (
             pg_text(cid),
@@ -636,6 +640,26 @@ class Folder:
 def _int32(value: Any) -> int | None:
     number = _int64(value)
     return number if number is not None and -(2**31) <= number < 2**31 else None
+
+
+def _timeline(events: list[tuple[int, Envelope]]) -> list[dict[str, Any]]:
+    """A command's timeline: its events, or, past ``TIMELINE_EDGE`` twice, the first and the last
+    ``TIMELINE_EDGE`` around one entry counting the others (a flood of junk on a command's subjects
+    must not make every write of its row bigger: all of them are in ``events``)."""
+    if len(events) <= 2 * TIMELINE_EDGE:
+        return [_timeline_entry(seq, event) for seq, event in events]
+    left_out = len(events) - 2 * TIMELINE_EDGE
+    gap = {
+        "seq": None,
+        "type": "omitted",
+        "at": None,
+        "actor": None,
+        "event_id": None,
+        "note": f"{left_out} more events, from seq {events[TIMELINE_EDGE][0]} to {events[-TIMELINE_EDGE - 1][0]}: "
+        "every one is in the events table",
+    }
+    head, tail = events[:TIMELINE_EDGE], events[-TIMELINE_EDGE:]
+    return [*(_timeline_entry(s, e) for s, e in head), gap, *(_timeline_entry(s, e) for s, e in tail)]
 
 
 def _timeline_entry(seq: int, event: Envelope) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from symbiote.embeddings import Embedder, load_embedder
 from symbiote.errors import StoreError
 from symbiote.projections.db import DB_ERRORS, create_pool, translate
 
-__all__ = ["MEMORY_SEARCH_DEFINITION", "MemoryHit", "MemoryStore", "memory_search_builtin"]
+__all__ = ["MEMORY_SEARCH_DEFINITION", "SEARCH_MIN_SCORE", "MemoryHit", "MemoryStore", "memory_search_builtin"]
 
 MEMORY_SEARCH_DEFINITION = Path(__file__).with_name("memory.search.toml")
 """The TOML definition of the ``memory.search`` command (``executor = "builtin:memory.search"``)."""
@@ -141,11 +141,19 @@ class MemoryStore:
         await self.close()
 
 
-def memory_search_builtin(store: MemoryStore) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
+SEARCH_MIN_SCORE = 0.25
+"""The least similarity a ``memory.search`` hit has: related texts score about 0.3 and more with
+the bundled model, unrelated ones about 0.2 and less."""
+
+
+def memory_search_builtin(
+    store: MemoryStore, min_score: float = SEARCH_MIN_SCORE
+) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
     """The in-process executor of ``memory.search``: args ``{"query", "k"?}`` → ``{"hits": [...]}``.
 
-    The query is stripped of request words ("search my memory for …", "recall …"), and the
-    request itself (a remembered input with exactly the query's text) is left out.
+    The query is stripped of request words ("search my memory for …", "recall …"), the request
+    itself (a remembered input with exactly the query's text) is left out, and so is every text
+    less similar than ``min_score``: nothing is an answer when nothing remembered is related.
     """
 
     async def search(args: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +163,8 @@ def memory_search_builtin(store: MemoryStore) -> Callable[[dict[str, Any]], Awai
         k = max(1, min(k, _MAX_K))
         query = clean_query(raw)
         hits = await store.search(query, k + 1)
-        kept = [h for h in hits if not (h.kind == "input" and _asks_for(h.text, raw, query))][:k]
+        related = [h for h in hits if h.score >= min_score]
+        kept = [h for h in related if not (h.kind == "input" and _asks_for(h.text, raw, query))][:k]
         return {"query": query, "hits": [h.as_map() for h in kept]}
 
     return search
