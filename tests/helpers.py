@@ -185,3 +185,18 @@ def speak(text: str, path: Path) -> Path:
         pytest.fail("espeak-ng is not installed: `make test` installs it (apt-get install -y espeak-ng)")
     subprocess.run([espeak, "-v", "en-us", "-s", "110", "-w", str(path), text], check=True, timeout=30)
     return path
+
+
+async def publish_raw_subject(bus: Bus, subject: bytes, payload: bytes) -> None:
+    """Publish with bytes for a subject, as any client of the server can (nats-py would refuse)."""
+    url = bus.nc.connected_url
+    assert url is not None and url.hostname is not None and url.port is not None
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        await reader.readline()  # INFO
+        frame = b"PUB " + subject + b" " + str(len(payload)).encode() + b"\r\n" + payload + b"\r\n"
+        writer.write(b'CONNECT {"verbose":false}\r\n' + frame + b"PING\r\n")
+        await writer.drain()
+        assert (await reader.readline()).strip() == b"PONG"
+    finally:
+        writer.close()

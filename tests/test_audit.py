@@ -39,7 +39,7 @@ from symbiote.projections import (
 )
 from symbiote.projections.db import connect
 from symbiote.signers.keys import SigningKey, sign_event
-from tests.helpers import Actors, actors_on
+from tests.helpers import Actors, actors_on, publish_raw_subject
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -129,6 +129,22 @@ async def test_a_clean_log_with_checkpoints_passes(world: World, tmp_path: Path)
     bad = await why(w.bus, made["bad"].id)
     assert bad.state == "denied" and bad.steps[-1].kind == "denial" and "invalid_args" in bad.steps[-1].text
     assert not (await why(w.bus, "01234567-89ab-7def-8123-456789abcdef")).found
+
+
+async def test_a_subject_that_is_not_utf8_is_checkpointed_and_audited(world: World, tmp_path: Path) -> None:
+    """Any client can store bytes that are not UTF-8 as a subject: every reader goes past it, the
+    checkpoints cover it (hashed as read, with ``\\xNN`` escapes) and the audit and its report hold."""
+    w = world
+    await w.send(w.text("before"))
+    await publish_raw_subject(w.bus, b"sym.in.caf\xe9", w.text("after a bad subject").to_wire())
+    await w.send(w.text("after"))
+    checkpoint = await w.checkpointer().checkpoint_now()
+    assert checkpoint is not None and checkpoint.last_seq == await w.bus.last_seq() - 1
+    report = await audit(w.bus, checkpoint_dir=w.home.checkpoints_dir)
+    assert report.ok, report.findings
+    write_html(report, tmp_path / "report.html")
+    msgs = [m async for m in w.bus.read()]
+    assert "sym.in.caf\\xe9" in [m.subject for m in msgs]
 
 
 # -- tampering -----------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from symbiote.registry.definition import load_definition
 from symbiote.registry.policy import fold_command
 from symbiote.signers.keyring import Keyring
 from symbiote.signers.keys import SigningKey, sign_event
-from tests.helpers import Actors, actors_on
+from tests.helpers import Actors, actors_on, publish_raw_subject
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -355,6 +355,8 @@ async def test_hostile_messages_neither_stop_nor_skew_the_projection(actors: Act
     odd_subjects = ["sym.cmd.*.started", "sym.cmd." + "\u732b" * 1250 + ".started", "sym.cmd.not-an-id.started"]
     for subject in odd_subjects:
         await a.bus.publish_raw(subject, b"\x93unsigned")
+    # a subject that is not UTF-8 (nats-py decoded every subject strictly: no reader got past it)
+    await publish_raw_subject(a.bus, b"sym.in.\xff\xfe", a.text("not utf-8 where it was put").to_wire())
     nul = SigningKey.generate("user:bob")
     body = {"kid": nul.kid, "principal": "user:bob\x00", "role": "user"}
     last = await a.send(a.sign(a.owner, "key.registered", body))
@@ -382,6 +384,8 @@ async def test_hostile_messages_neither_stop_nor_skew_the_projection(actors: Act
     assert [r["at"] for r in far] == [0]
     deep_rows = await fetch(pg_dsn, "SELECT problem FROM events WHERE problem LIKE '%nest too deep%'")
     assert len(deep_rows) == 1 and deep_rows[0]["problem"].startswith("undecodable")
+    odd = await fetch(pg_dsn, "SELECT subject FROM events WHERE strpos(subject, chr(92)) > 0")
+    assert [r["subject"] for r in odd] == ["sym.in.\\xff\\xfe"]
     keys = await fetch(pg_dsn, "SELECT principal FROM keys WHERE kid = $1", nul.kid)
     assert [r["principal"] for r in keys] == ["user:bob\ufffd"]
 

@@ -58,6 +58,29 @@ log = structlog.get_logger("symbiote.bus")
 _DIRECT_GETS = 64  # messages :meth:`Bus.history` fetches one by one before it reads the rest in bulk
 
 
+class _Client(Client):
+    """nats-py's client, taking subjects that are not UTF-8.
+
+    The server stores any bytes as a subject, and nats-py decodes every delivered subject
+    strictly: one such message, published by anyone who can connect, raised in the client's
+    read loop at each delivery, so no reader of the log got past it. Here the bytes that are
+    not UTF-8 read as ``\\xNN`` escapes (and are hashed and shown so); every other subject
+    reads as before.
+    """
+
+    def _build_message(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: dict[str, str] | None
+    ) -> Msg:
+        return self.msg_class(
+            subject=subject.decode("utf-8", "backslashreplace"),
+            reply=reply.decode("utf-8", "backslashreplace"),
+            data=data,
+            headers=headers,
+            _client=self,
+            _sid=sid,
+        )
+
+
 class Delivery:
     """A message delivered by a pull consumer, with its stream position and ack controls."""
 
@@ -106,7 +129,7 @@ class Bus:
         ``url`` may list several servers of a cluster separated by commas; ``token`` is the
         server's authorization token, if it wants one.
         """
-        nc = Client()
+        nc = _Client()
         refused: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
 
         async def on_error(exc: Exception) -> None:
