@@ -34,6 +34,7 @@ from symbiote.projections import (
     audit,
     compute_root,
     entry_hash,
+    human_time,
     why,
     write_html,
 )
@@ -106,6 +107,17 @@ async def test_a_clean_log_with_checkpoints_passes(world: World, tmp_path: Path)
     assert report.covered_through == second.last_seq == report.stream_last_seq - 1
     assert report.commands_executed == 2
     assert report.summary().startswith("OK")
+    # for people: who asked for what ran and for what was refused, and when
+    asked = {(e.command, e.asked_by, e.request) for e in report.executions}
+    assert asked == {("echo", "user:ann", "echo hello"), ("shell.run", "user:ann", "run uname")}
+    assert all(e.at is not None for e in report.executions)
+    [refusal] = report.refusals
+    assert (refusal.command_id, refusal.reason, refusal.asked_by) == (made["bad"].id, "invalid_args", "user:ann")
+    assert refusal.request == "echo a number" and refusal.at is not None
+    write_html(report, tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    assert "Asked by" in page and "“run uname”" in page and "90 % sure" in page
+    assert "What was refused or rejected" in page and "its details were not valid" in page
 
     # the root is exactly the documented chain over the covered messages
     msgs = [m async for m in w.bus.read()]
@@ -423,7 +435,7 @@ async def test_notes_never_crowd_out_a_failure(world: World, monkeypatch: pytest
     assert report.omitted_failures == 1 and not report.ok and "(4 problem(s) in all)" in report.summary()
 
 
-async def test_a_hostile_proposal_does_not_break_the_report(world: World) -> None:
+async def test_a_hostile_proposal_does_not_break_the_report(world: World, tmp_path: Path) -> None:
     w = world
     body = {"command": "echo", "args": {"text": "x"}, "confidence": b"\x01", "expires_at": now_ms() + 60_000}
     proposal = w.sign(w.agent, "command.proposed", body)
@@ -432,7 +444,9 @@ async def test_a_hostile_proposal_does_not_break_the_report(world: World) -> Non
     report = await audit(w.bus, checkpoint_dir=None)
     data = json.loads(json.dumps(report.as_map()))
     assert data["executions"][0]["confidence"] == "01"
-    assert history._when(2**63).endswith("ms after 1970")
+    assert human_time(2**63).endswith("ms after 1970")
+    write_html(report, tmp_path / "hostile.html")  # a confidence that is no number is said as it is
+    assert "sure at 01" in (tmp_path / "hostile.html").read_text()
 
 
 async def test_revoking_a_key_twice_is_a_note(world: World) -> None:
@@ -573,10 +587,10 @@ def test_cli_why_and_html_for_a_clean_log(nats_url: str, tmp_path: Path) -> None
 
     command_id = asyncio.run(prepare())
     page = (tmp_path / "ok.html").read_text()
-    assert "Everything checks out" in page and "which cover all of it" in page
+    assert "Everything checks out" in page and "which cover every event (but themselves)" in page
     # what ran, for people: the echo, proposed by the agent, needing no approval, succeeded
     ran = page.split("What ran, and who allowed it")[1]
-    assert "echo" in ran and "agent:main (sure at 0.9)" in ran and "not needed" in ran and "succeeded" in ran
+    assert "echo" in ran and "agent:main (90 % sure)" in ran and "not needed" in ran and "succeeded" in ran
     runner = CliRunner()
     args = ["--data-dir", str(home.root), "--nats-url", nats_url]
     result = runner.invoke(_app(), ["why", command_id, *args, "--json"])

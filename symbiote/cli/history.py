@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +15,7 @@ from rich.table import Table
 from symbiote.cli.common import DataDirOpt, JsonOpt, NatsOpt, _bus, _home, _run, cell, console, err, plain
 from symbiote.errors import ConfigError, KeyFileError
 from symbiote.home import DataDir
-from symbiote.projections.audit import AuditReport, Finding, audit, why, write_html
+from symbiote.projections.audit import AuditReport, Finding, audit, human_time, why, write_html
 from symbiote.projections.replay import ReplayReport, replay
 
 __all__ = ["register"]
@@ -35,15 +34,6 @@ def _dsn(home: DataDir, postgres_dsn: str | None) -> str:
             data_dir=str(home.root),
         )
     return str(dsn)
-
-
-def _when(ms: int | None) -> str:
-    if ms is None:
-        return "—"
-    try:
-        return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    except (OverflowError, OSError, ValueError):  # a time no calendar holds (the signer chose it)
-        return f"{ms} ms after 1970"
 
 
 def replay_command(
@@ -194,7 +184,7 @@ def why_command(
             mark = "[green]✓[/green]" if step.ok else "[red]✗[/red]"
             where = f"#{step.seq}" if step.seq is not None else ""
             kind = plain(f"{step.kind:<16}")
-            console.print(f"  {mark} {where:>7}  {_when(step.at)}  [dim]{kind}[/dim] {plain(step.text)}")
+            console.print(f"  {mark} {where:>7}  {human_time(step.at)}  [dim]{kind}[/dim] {plain(step.text)}")
         if story.problems:
             console.print("[red]not allowed by the policy in force:[/red]")
             for problem in story.problems:

@@ -5,7 +5,18 @@ and wires :func:`memory_search_builtin` and :meth:`MemoryStore.recall`; the CLI 
 :func:`replay`, :func:`audit` and :func:`why`.
 """
 
-from symbiote.projections.audit import AuditReport, CommandStory, Finding, Step, audit, judge_execution, why, write_html
+from symbiote.projections.audit import (
+    AuditReport,
+    CommandStory,
+    Finding,
+    Refusal,
+    Step,
+    audit,
+    human_time,
+    judge_execution,
+    why,
+    write_html,
+)
 from symbiote.projections.checkpoints import CHECKPOINT_SUBJECT, Checkpointer, CheckpointRecord, compute_root
 from symbiote.projections.db import apply_migrations, load_migrations
 from symbiote.projections.memory import MEMORY_SEARCH_DEFINITION, MemoryHit, MemoryStore, memory_search_builtin
@@ -30,6 +41,7 @@ __all__ = [
     "Projections",
     "Projector",
     "ProjectorStats",
+    "Refusal",
     "ReplayReport",
     "Step",
     "TableDigest",
@@ -37,6 +49,7 @@ __all__ = [
     "audit",
     "compute_root",
     "entry_hash",
+    "human_time",
     "judge_execution",
     "load_migrations",
     "memory_search_builtin",

@@ -66,8 +66,10 @@ __all__ = [
     "CommandStory",
     "Execution",
     "Finding",
+    "Refusal",
     "Step",
     "audit",
+    "human_time",
     "judge_execution",
     "why",
     "write_html",
@@ -124,12 +126,34 @@ class Execution:
     approved_by: list[str]
     allowed: bool
     outcome: str | None = None  # succeeded, failed, or None while none is in the log
+    asked_by: str | None = None  # who made the request it answers (None: not found in the log)
+    request: str | None = None  # what they said or typed (the first 300 characters)
+    at: int | None = None  # when it started (ms, as the runtime signed it)
+
+    def as_map(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Refusal:
+    """A command that ended without running, for people: denied by the runtime or rejected by a person."""
+
+    seq: int
+    command_id: str
+    command: str | None
+    reason: str
+    detail: str
+    rejected_by: str | None
+    asked_by: str | None = None
+    request: str | None = None
+    at: int | None = None
 
     def as_map(self) -> dict[str, Any]:
         return asdict(self)
 
 
 _EXECUTIONS_KEPT = 1000
+_INPUTS_KEPT = 20_000  # the latest requests, to say who asked for each command
 
 
 @dataclass
@@ -151,6 +175,7 @@ class AuditReport:
     checkpoint_dir: str | None = None
     checked_at: int = 0
     executions: list[Execution] = field(default_factory=list)  # the latest starts (at most 1,000)
+    refusals: list[Refusal] = field(default_factory=list)  # the latest denials and rejections (at most 1,000)
 
     @property
     def failures(self) -> list[Finding]:
@@ -198,6 +223,7 @@ class AuditReport:
             "checked_at": self.checked_at,
             "findings": [f.as_map() for f in self.findings],
             "executions": [e.as_map() for e in self.executions],
+            "refusals": [r.as_map() for r in self.refusals],
             "omitted": self.omitted,
             "omitted_failures": self.omitted_failures,
         }
@@ -267,6 +293,8 @@ class _Auditor:
         self.gaps: list[tuple[int, int]] = []
         self.lives: RecentCommands[list[tuple[int, Envelope]]] = RecentCommands(cache_size)
         self.executions: OrderedDict[str, Execution] = OrderedDict()  # the latest starts, for the report
+        self.refusals: OrderedDict[str, Refusal] = OrderedDict()  # the latest commands refused, for the report
+        self.inputs: OrderedDict[str, tuple[str, str]] = OrderedDict()  # request id -> (who, what), the latest
         self.seen_ids: dict[str, int] = {}
         self._counts: dict[tuple[str, str], int] = {}
 
@@ -342,6 +370,8 @@ class _Auditor:
                 self.add(Finding(seq, "fail", "signature", _signature_words(event, verdict), event.id, cid))
             else:
                 self._check_role(event, seq, verdict, cid)
+                if event.type.startswith("input."):
+                    self._remember_input(event)
         self._check_shape(item, event, cid)
         earlier = self.seen_ids.get(event.id)
         if earlier is not None:
@@ -357,7 +387,8 @@ class _Auditor:
         if start == 1:
             text = f"the beginning of the log is missing ({where}): it was purged or deleted"
         else:
-            text = f"{end - start + 1} message(s) are missing from the log ({where}): deleted"
+            count = end - start + 1
+            text = f"{count} event{'s are' if count > 1 else ' is'} missing from the log ({where}): deleted"
         self.add(Finding(start, "fail", "gap", text))
 
     def _check_role(self, event: Envelope, seq: int, verdict: Verdict, cid: str | None) -> None:
@@ -409,15 +440,32 @@ class _Auditor:
                 )
             )
 
+    def _remember_input(self, event: Envelope) -> None:
+        text = event.body.get("text")
+        self.inputs[event.id] = (event.actor, text[:300] if isinstance(text, str) else "")
+        while len(self.inputs) > _INPUTS_KEPT:
+            self.inputs.popitem(last=False)
+
+    def _asked(self, proposal: Envelope | None) -> tuple[str | None, str | None]:
+        """Who asked for a command, and what they said (the request its proposal answers)."""
+        if proposal is None:
+            return None, None
+        for ref in (proposal.cause, proposal.corr):
+            if ref is not None and ref in self.inputs:
+                return self.inputs[ref]
+        return None, None
+
     def _command_event(self, cid: str, event: Envelope, seq: int) -> None:
         before = self.lives.touch(cid, list)
+        if event.type == "command.denied" and event.cause == cid:
+            self._refused(cid, fold_command(cid, [*before, (seq, event)], self.state), event, seq)
         if event.type == "command.started":
             self.report.commands_executed += 1
             life = fold_command(cid, before, self.state)
             problems = _judge(self.state, life, event)
             for problem in problems:
                 self.add(Finding(seq, "fail", "policy", f"command {cid} ran but {problem}", event.id, cid))
-            self._executed(cid, life, seq, not problems)
+            self._executed(cid, life, event, seq, not problems)
         elif event.type in ("command.succeeded", "command.failed") and cid in self.executions:
             self.executions[cid].outcome = event.type.rsplit(".", 1)[1]
         elif event.type in ("command.succeeded", "command.failed") and not any(
@@ -435,9 +483,10 @@ class _Auditor:
             )
         before.append((seq, event))
 
-    def _executed(self, cid: str, life: CommandLife, seq: int, allowed: bool) -> None:
+    def _executed(self, cid: str, life: CommandLife, started: Envelope, seq: int, allowed: bool) -> None:
         proposal = life.proposal
         body = proposal.body if proposal is not None else {}
+        asked_by, request = self._asked(proposal)
         self.executions[cid] = Execution(
             seq,
             cid,
@@ -447,10 +496,32 @@ class _Auditor:
             jsonable(body.get("confidence")),
             sorted(life.approvals),
             allowed,
+            asked_by=asked_by,
+            request=request,
+            at=started.at,
         )
         self.executions.move_to_end(cid)
         while len(self.executions) > _EXECUTIONS_KEPT:
             self.executions.popitem(last=False)
+
+    def _refused(self, cid: str, life: CommandLife, denial: Envelope, seq: int) -> None:
+        if life.terminal is not denial:  # a note about the command, or a forged denial: it goes on
+            return
+        command = life.proposal.body.get("command") if life.proposal is not None else None
+        asked_by, request = self._asked(life.proposal)
+        self.refusals[cid] = Refusal(
+            seq,
+            cid,
+            command if isinstance(command, str) else None,
+            str(denial.body.get("reason", "?")),
+            str(denial.body.get("detail", ""))[:300],
+            life.rejected_by,
+            asked_by=asked_by,
+            request=request,
+            at=denial.at,
+        )
+        while len(self.refusals) > _EXECUTIONS_KEPT:
+            self.refusals.popitem(last=False)
 
     # -- after the pass ---------------------------------------------------------------------
     def root_of(self, record: CheckpointRecord) -> tuple[bytes, int]:
@@ -773,6 +844,7 @@ async def audit(
         auditor.add(Finding(None, "warn", "no_checkpoints", "there are no signed checkpoints yet"))
     report.findings.sort(key=lambda f: (f.seq is None, f.seq or 0, f.severity != "fail"))
     report.executions = sorted(auditor.executions.values(), key=lambda e: e.seq)
+    report.refusals = sorted(auditor.refusals.values(), key=lambda r: r.seq)
     return report
 
 
@@ -1003,6 +1075,65 @@ _KIND_WORDS = {
 }
 
 
+_REASON_WORDS = {
+    "rejected_by_user": "rejected",
+    "expired": "no answer came in time",
+    "invalid_args": "its details were not valid",
+    "unknown_command": "there is no such command",
+    "not_permitted": "not permitted",
+    "bad_signature": "a signature did not hold",
+    "unknown_key": "signed by an unknown key",
+    "revoked_key": "signed by a revoked key",
+    "wrong_role": "signed by the wrong kind of key",
+    "approval_digest_mismatch": "the approval was for something else",
+    "outcome_unknown": "it may have run, but its result was lost",
+    "malformed": "badly formed",
+    "duplicate": "asked twice",
+}
+
+
+def _refusal_words(refusal: Refusal) -> str:
+    if refusal.reason == "rejected_by_user" and refusal.rejected_by:
+        return f"rejected by {refusal.rejected_by}"
+    words = _REASON_WORDS.get(refusal.reason, refusal.reason)
+    return f"{words}: {refusal.detail}" if refusal.detail and refusal.reason != "rejected_by_user" else words
+
+
+def _sure(confidence: Any) -> str:
+    """How sure the agent was, for people: ``0.8684`` → ``87 % sure``."""
+    if isinstance(confidence, (int, float)) and not isinstance(confidence, bool) and 0 <= confidence <= 1:
+        return f"{round(confidence * 100)} % sure"
+    return f"sure at {confidence}"
+
+
+def human_time(ms: int | None) -> str:
+    """A signed time (ms since 1970) for people, in UTC; one no calendar holds is said as it is."""
+    if not isinstance(ms, int):
+        return "—"
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds (the signer chose it)
+        return f"{ms} ms after 1970"
+
+
+def _asked_cell(who: str | None, request: str | None) -> str:
+    """HTML: who asked, and (in a quieter line) what they said."""
+    if who is None:
+        return "not found in the log"
+    said = f"<br><small>“{html.escape(request)}”</small>" if request else ""
+    return html.escape(who) + said
+
+
+def _args_words(args: Any) -> str:
+    """A command's arguments for people: ``name: value`` pairs, each value as text, cut at 120 characters."""
+    if isinstance(args, dict):
+        parts = [f"{k}: {v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}" for k, v in args.items()]
+        text = "; ".join(p.replace("\n", " ").strip() for p in parts)
+    else:
+        text = json.dumps(args, ensure_ascii=False)
+    return text if len(text) <= 120 else text[:119] + "…"
+
+
 def write_html(report: AuditReport, path: Path) -> None:
     """Write a self-contained HTML page for people: the verdict first, then a table of findings."""
     esc = html.escape
@@ -1022,7 +1153,7 @@ def write_html(report: AuditReport, path: Path) -> None:
                 "the newest events are not covered yet."
             )
         else:
-            sealed = " The log matches its signed checkpoints, which cover all of it."
+            sealed = " The log matches its signed checkpoints, which cover every event (but themselves)."
         verdict_detail = (
             f"All {report.messages} events in the log were checked. Every signature holds and every command that ran "
             f"was allowed to run.{sealed}"
@@ -1051,15 +1182,15 @@ def write_html(report: AuditReport, path: Path) -> None:
     ran_rows = []
     for run in report.executions:
         approved = ", ".join(run.approved_by) or ("not needed" if run.allowed else "nobody")
-        proposer = f"{run.proposed_by} (sure at {run.confidence})" if run.proposed_by else "nobody"
-        args = json.dumps(run.args, ensure_ascii=False)
-        args = args if len(args) <= 120 else args[:119] + "…"
+        proposer = f"{run.proposed_by} ({_sure(run.confidence)})" if run.proposed_by else "nobody"
         ran_rows.append(
-            "<tr class='{cls}'><td>{seq}</td><td>{what}</td><td>{who}</td><td>{approved}</td><td>{ok}</td>"
-            "<td>{result}</td></tr>".format(
+            "<tr class='{cls}'><td>{seq}</td><td>{when}</td><td>{asked}</td><td>{what}</td><td>{who}</td>"
+            "<td>{approved}</td><td>{ok}</td><td>{result}</td></tr>".format(
                 cls="" if run.allowed else "fail",
                 seq=run.seq,
-                what=esc(f"{run.command} {args}"),
+                when=esc(human_time(run.at)),
+                asked=_asked_cell(run.asked_by, run.request),
+                what=esc(f"{run.command} {_args_words(run.args)}"),
                 who=esc(proposer),
                 approved=esc(approved),
                 ok="yes" if run.allowed else "NO",
@@ -1069,13 +1200,29 @@ def write_html(report: AuditReport, path: Path) -> None:
     shown = len(report.executions)
     ran = (
         f"<p>The {'latest ' if shown < report.commands_executed else ''}{shown} of {report.commands_executed} "
-        "commands that were started: what ran, which agent proposed it (and how sure it was), who approved it, "
-        "and how it ended.</p><table><thead><tr><th>Event #</th><th>What ran</th><th>Proposed by</th>"
-        "<th>Approved by</th><th>Allowed</th><th>Result</th></tr></thead><tbody>"
-        + "".join(ran_rows)
-        + "</tbody></table>"
+        "commands that were started: when, who asked for it and how, what ran, which agent proposed it (and how "
+        "sure it was), who approved it, and how it ended.</p><table><thead><tr><th>Event #</th><th>When</th>"
+        "<th>Asked by</th><th>What ran</th><th>Proposed by</th><th>Approved by</th><th>Allowed</th>"
+        "<th>Result</th></tr></thead><tbody>" + "".join(ran_rows) + "</tbody></table>"
         if ran_rows
         else "<p>No command was started.</p>"
+    )
+    refused_rows = [
+        "<tr><td>{seq}</td><td>{when}</td><td>{asked}</td><td>{what}</td><td>{why}</td></tr>".format(
+            seq=refusal.seq,
+            when=esc(human_time(refusal.at)),
+            asked=_asked_cell(refusal.asked_by, refusal.request),
+            what=esc(refusal.command or "an unknown command"),
+            why=esc(_refusal_words(refusal)),
+        )
+        for refusal in report.refusals
+    ]
+    refused = (
+        "<p>Commands that ended without running: refused by the runtime, or rejected by a person.</p>"
+        "<table><thead><tr><th>Event #</th><th>When</th><th>Asked by</th><th>Command</th><th>Why it did not run"
+        "</th></tr></thead><tbody>" + "".join(refused_rows) + "</tbody></table>"
+        if refused_rows
+        else "<p>No command was refused or rejected.</p>"
     )
     omitted = "".join(
         f"<p>{n} more finding(s) of the kind “{esc(_KIND_WORDS.get(k, k))}” are not listed.</p>"
@@ -1103,7 +1250,8 @@ dt {{ font-weight: 600; }}
 <div class="verdict"><h1>{esc(verdict)}</h1><p>{esc(verdict_detail)}</p></div>
 <h2>What was checked</h2>
 <dl>
-<dt>Checked</dt><dd>{esc(when)}{f", data in {esc(report.checkpoint_dir)}" if report.checkpoint_dir else ""}</dd>
+<dt>Checked</dt><dd>{esc(when)}</dd>
+<dt>Checkpoint copies</dt><dd>{esc(report.checkpoint_dir) if report.checkpoint_dir else "no folder given"}</dd>
 <dt>Events in the log</dt><dd>{report.messages} (numbered {report.stream_first_seq} to {report.stream_last_seq})</dd>
 <dt>Signatures checked</dt><dd>{report.signatures_checked}, each against the keys registered at that point</dd>
 <dt>Commands that ran</dt><dd>{report.commands_executed}, each checked against the approval rules in force</dd>
@@ -1120,6 +1268,8 @@ so far, kept both in the log and in separate files, so that deleting or changing
 {omitted}
 <h2>What ran, and who allowed it</h2>
 {ran}
+<h2>What was refused or rejected</h2>
+{refused}
 </body></html>
 """
     path.write_text(page, encoding="utf-8")
