@@ -19,8 +19,8 @@ import typer
 from typer.testing import CliRunner
 
 from symbiote.bootstrap import initialize, register_key, revoke_key
-from symbiote.bus.envelope import Envelope, make_event
-from symbiote.bus.ids import now_ms
+from symbiote.bus.envelope import Envelope, make_event, peek_id
+from symbiote.bus.ids import new_event_id, now_ms
 from symbiote.bus.stream import Bus
 from symbiote.cli import history
 from symbiote.dispatcher import Dispatcher, Executors
@@ -173,6 +173,26 @@ async def test_a_deleted_message_is_named(world: World, tmp_path: Path) -> None:
     assert "deleted" in first.message
     assert "checkpoint" in kinds(report)  # the signed count no longer matches
     assert report.summary().startswith(f"FAILED at seq {victim}")
+
+
+async def test_why_says_when_the_request_a_command_answers_is_gone(world: World, tmp_path: Path) -> None:
+    w = world
+    made = await session(w, tmp_path)
+    request = next(m for m in [m async for m in w.bus.read("sym.in.>")] if peek_id(m.data) == made["shell"].cause)
+    await w.bus.js.delete_msg(w.bus.stream, request.seq)
+    story = await why(w.bus, made["shell"].id)
+    first = story.steps[0]
+    assert first.kind == "input" and not first.ok and "is not in the log" in first.text
+    assert made["shell"].cause is not None and made["shell"].cause in first.text
+    question = w.text("open the file")  # a question back, as the agent asks one: its own id, caused by the request
+    asked_back = w.sign(
+        w.agent, "command.clarify", {"command_id": new_event_id(), "question": "which file?"}, cause=question.id
+    )
+    await w.send(question)
+    await w.send(asked_back)
+    story = await why(w.bus, asked_back.body["command_id"])
+    assert [s.kind for s in story.steps] == ["input", "question"], story.steps
+    assert "open the file" in story.steps[0].text and "which file?" in story.steps[1].text
 
 
 async def test_an_event_signed_with_an_unregistered_key_is_named(world: World, tmp_path: Path) -> None:

@@ -853,7 +853,8 @@ async def audit(
 class Step:
     """One step of a command's story."""
 
-    kind: str  # input | proposal | approval_request | approval | rejection | execution | result | denial | note
+    kind: str  # input | proposal | approval_request | approval | rejection | execution | result | denial |
+    # question | suggestion | note
     seq: int | None
     at: int | None
     who: str | None
@@ -977,9 +978,15 @@ async def why(bus: Bus, command_id: str) -> CommandStory:
     story.state = str(life.summary()["state"]) if (life.proposal or life.terminal) else "no proposal"
     if life.proposal is not None:
         story.command = str(life.proposal.body.get("command"))
-        cause = life.proposal.cause
-        found = await _find_input(bus, cause, life.proposal_seq) if cause else None
-        if found is not None:
+    # the request it answers: the proposal's cause, or (a question, a suggestion) its first event's
+    anchor = (life.proposal_seq, life.proposal) if life.proposal is not None else (events[0] if events else None)
+    cause = anchor[1].cause if anchor is not None else None
+    if anchor is not None and cause is not None:
+        found = await _find_input(bus, cause, anchor[0])
+        if found is None:
+            missing = f"the request it answers (event {cause}) is not in the log: deleted, or never published"
+            story.steps.append(Step("input", None, None, None, missing, False, {"event_id": cause}))
+        else:
             seq, source = found
             verdict = state.keyring.verify(source, seq)
             story.steps.append(
@@ -1047,6 +1054,11 @@ def _step(
         ending = event.cause == command_id
         text = f"denied ({body.get('reason')}): {body.get('detail')}" if ending else f"note: {body.get('detail')}"
         return Step("denial" if ending else "note", seq, event.at, who, text, signed, {"reason": body.get("reason")})
+    if event.type == "command.clarify":
+        return Step("question", seq, event.at, who, f"{who} asked back: {body.get('question')!r}", signed, {})
+    if event.type == "command.suggested":
+        text = f"{who} found no command for {body.get('request')!r} and suggested one be defined"
+        return Step("suggestion", seq, event.at, who, text, signed, {"suggestion": jsonable(body.get("suggestion"))})
     return Step(kind, seq, event.at, who, event.type, signed, {})
 
 
