@@ -180,6 +180,11 @@ def test_up_say_events_keys_and_clean_stop(running: tuple[Path, subprocess.Popen
         'name = "greet"\ndescription = "Greet someone"\nexecutor = "builtin:echo"\n[args_schema]\ntype = "object"\n'
     )
     cli(data_dir, "commands", "add", str(definition))
+    broken = tmp_path / "broken.toml"
+    broken.write_text('name = "broken"\nargv = "ls"\n')
+    refused = cli(data_dir, "commands", "add", str(broken), check=False)
+    assert refused.returncode == 1 and "description: missing" in refused.stderr, refused.stderr
+    assert "argv: Input should be a valid list" in refused.stderr and "pydantic" not in refused.stderr
     names = [json.loads(line)["name"] for line in cli(data_dir, "commands", "list", "--json").stdout.splitlines()]
     assert names == ["echo", "greet", "memory.search", "note.write", "shell.run"]
 

@@ -12,7 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from symbiote.errors import ConfigError
 
-__all__ = ["ApprovalPolicy", "CommandDefinition", "SandboxSpec", "load_definition", "validate_args"]
+__all__ = [
+    "ApprovalPolicy",
+    "CommandDefinition",
+    "SandboxSpec",
+    "load_definition",
+    "validate_args",
+    "validation_words",
+]
 
 
 class ApprovalPolicy(BaseModel):
@@ -121,5 +128,17 @@ def load_definition(path: Path) -> CommandDefinition:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
         return CommandDefinition.model_validate(data)
-    except (OSError, tomllib.TOMLDecodeError, ValidationError) as exc:
+    except ValidationError as exc:
+        raise ConfigError(f"invalid command definition: {validation_words(exc)}", path=str(path)) from exc
+    except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError("invalid command definition", path=str(path), error=str(exc)[:800]) from exc
+
+
+def validation_words(exc: ValidationError) -> str:
+    """A pydantic error for people: ``field: what is wrong`` for each, without pydantic's links."""
+    parts = []
+    for error in exc.errors(include_url=False)[:10]:
+        where = ".".join(str(part) for part in error["loc"]) or "(the file)"
+        parts.append(f"{where}: {'missing' if error['type'] == 'missing' else error['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
