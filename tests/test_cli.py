@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from symbiote.registry.definition import load_definition
 from symbiote.signers.keys import SigningKey
 from tests.helpers import SPOKEN_REQUEST, speak
 
@@ -215,3 +216,11 @@ def test_commands_fail_clearly_when_the_runtime_is_down(tmp_path: Path) -> None:
     assert "symbiote up" in result.stderr
     neither = cli(tmp_path / "nowhere", "say", check=False)
     assert neither.returncode == 2 and "--audio" in neither.stderr
+
+
+def test_the_readme_example_definition_loads(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "disk.usage.toml").write_text(block)
+    definition = load_definition(tmp_path / "disk.usage.toml")
+    assert definition.name == "disk.usage" and definition.executor == "shell" and definition.idempotent
