@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from symbiote.bootstrap import initialize, register_key, revoke_key
 from symbiote.bus.envelope import Envelope, make_event, peek_id
-from symbiote.bus.ids import new_event_id, now_ms
+from symbiote.bus.ids import derived_event_id, new_event_id, now_ms
 from symbiote.bus.stream import Bus
 from symbiote.cli import history
 from symbiote.dispatcher import Dispatcher, Executors
@@ -192,6 +192,16 @@ async def test_why_says_when_the_request_a_command_answers_is_gone(world: World,
     await w.send(asked_back)
     story = await why(w.bus, asked_back.body["command_id"])
     assert [s.kind for s in story.steps] == ["input", "question"], story.steps
+    request = w.text("echo by request")  # the id `say` prints: what became of it
+    body = {"command": "echo", "args": {"text": "by request"}, "confidence": 0.9, "expires_at": now_ms() + 60_000}
+    made_of_it = make_event(
+        "command.proposed", w.agent.principal, body, cause=request.id, event_id=derived_event_id(request.id, "proposal")
+    )
+    await w.send(request)
+    await w.send(sign_event(made_of_it, w.agent))
+    by_request = await why(w.bus, request.id)
+    assert by_request.found and by_request.command_id == made_of_it.id and by_request.request_id == request.id
+    assert by_request.steps[0].kind == "input" and "echo by request" in by_request.steps[0].text
     assert "open the file" in story.steps[0].text and "which file?" in story.steps[1].text
 
 

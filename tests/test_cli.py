@@ -137,8 +137,9 @@ def test_up_say_events_keys_and_clean_stop(running: tuple[Path, subprocess.Popen
     request = json.loads(risky.stdout.splitlines()[-1])
     assert request["type"] == "command.approval_requested"
     command_id = request["body"]["command_id"]
-    pending = cli(data_dir, "approvals", "--json")
-    assert json.loads(pending.stdout.splitlines()[0])["command_id"] == command_id
+    pending = json.loads(cli(data_dir, "approvals", "--json").stdout.splitlines()[0])
+    assert pending["command_id"] == command_id and pending["request_text"] == "run echo approved-from-cli"
+    assert pending["asked_by"].startswith("user:") and pending["expires_at"] > 0
     narrow = subprocess.run(  # a narrow terminal: nothing is cut off, and the id stays whole
         [*SYMBIOTE, "approvals", "--data-dir", str(data_dir)],
         capture_output=True,
@@ -147,6 +148,7 @@ def test_up_say_events_keys_and_clean_stop(running: tuple[Path, subprocess.Popen
         env={**os.environ, "COLUMNS": "50"},
     )
     assert command_id in narrow.stdout.splitlines()[0] and "network none" in narrow.stdout, narrow.stdout
+    assert "'run echo approved-from-cli'" in narrow.stdout and "open until: 20" in narrow.stdout, narrow.stdout
     approved = cli(data_dir, "approve", command_id, "--wait", "--json")
     assert '"command.succeeded"' in approved.stdout and "approved-from-cli" in approved.stdout
 
@@ -224,3 +226,14 @@ def test_the_readme_example_definition_loads(tmp_path: Path) -> None:
     (tmp_path / "disk.usage.toml").write_text(block)
     definition = load_definition(tmp_path / "disk.usage.toml")
     assert definition.name == "disk.usage" and definition.executor == "shell" and definition.idempotent
+
+
+def test_a_server_that_would_not_start_is_told_with_the_end_of_its_log(capsys: pytest.CaptureFixture[str]) -> None:
+    from symbiote.cli.common import print_error
+    from symbiote.errors import ServerStartError
+
+    log = '---- starting postgres\nLOG:  starting\nFATAL:  lock file "postmaster.pid" already exists\n'
+    print_error(ServerStartError("postgres exited during startup", log=log, log_path="/x/postgres.log", pid=7))
+    out = capsys.readouterr().err
+    assert "error: postgres exited during startup\n" in out and "\\n" not in out
+    assert '    FATAL:  lock file "postmaster.pid" already exists\n' in out and "its whole log: /x/postgres.log" in out

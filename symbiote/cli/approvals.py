@@ -15,6 +15,7 @@ from symbiote.cli.chain import follow_chain
 from symbiote.cli.common import DataDirOpt, JsonOpt, NatsOpt, _bus, _emit, _home, _run, console, plain
 from symbiote.errors import SymbioteError
 from symbiote.home import DataDir
+from symbiote.projections.audit import find_input, human_time
 from symbiote.projections.jsontext import jsonable
 from symbiote.registry.commands import load_life, pending_approvals
 from symbiote.registry.follower import RegistryFollower
@@ -65,9 +66,15 @@ def approvals(data_dir: DataDirOpt = None, nats_url: NatsOpt = None, as_json: Js
 
     async def go() -> None:
         async with _bus(home, nats_url) as bus:
-            found = [
-                describe_pending(life) for life in await pending_approvals(bus, RegistryFollower(bus), now_ms=now_ms())
-            ]
+            found = []
+            for life in await pending_approvals(bus, RegistryFollower(bus), now_ms=now_ms()):
+                item = describe_pending(life)
+                cause = life.proposal.cause if life.proposal is not None else None
+                asked = await find_input(bus, cause, life.proposal_seq) if cause else None
+                text = asked[1].body.get("text") if asked is not None else None
+                item["asked_by"] = asked[1].actor if asked is not None else None
+                item["request_text"] = text if isinstance(text, str) else None
+                found.append(item)
         if as_json:
             for item in found:
                 print(json.dumps(item), flush=True)
@@ -82,10 +89,13 @@ def approvals(data_dir: DataDirOpt = None, nats_url: NatsOpt = None, as_json: Js
             signed = f"{', '.join(item['signed_by']) or 'nobody yet'} (needs {item['needs']})"
             sandbox = f"network {box['network']}, {box['memory_mb']} MB, {box['timeout_s']} s"
             console.print(f"[bold]{plain(item['command_id'])}[/bold]", soft_wrap=True)
+            if item["asked_by"] is not None:
+                console.print(plain(f"  asked by {item['asked_by']}: {item['request_text']!r}"), soft_wrap=True)
             console.print(plain(f"  {item['command']} {json.dumps(item['args'], ensure_ascii=False)}"))
             console.print(plain(f"  risk: {item['risk']}"))
             console.print(plain(f"  who: {item['policy']}"))
             console.print(plain(f"  sandbox: {sandbox}   signed: {signed}"))
+            console.print(plain(f"  open until: {human_time(item['expires_at'])}"))
             console.print(f"  [dim]approve: symbiote approve {plain(item['command_id'])}[/dim]", soft_wrap=True)
 
     _run(go)

@@ -17,7 +17,7 @@ from rich.text import Text
 from symbiote.bus.server import NatsServer, NatsServerConfig
 from symbiote.bus.stream import Bus
 from symbiote.cli.chain import EventRow
-from symbiote.errors import SymbioteError
+from symbiote.errors import ServerStartError, SymbioteError
 from symbiote.home import DataDir, default_data_dir
 from symbiote.logs import configure_logging
 from symbiote.projections.fold import command_id_of, output_said
@@ -49,6 +49,22 @@ def plain(value: object) -> str:
     return escape(str(value))
 
 
+def print_error(exc: SymbioteError) -> None:
+    """Print a failure for people: a server that would not start is named with the end of its
+    log (its lines as lines, not one escaped string) and where the whole log is."""
+    if not isinstance(exc, ServerStartError):
+        err.print(f"[red]error:[/red] {plain(exc)}")
+        return
+    err.print(f"[red]error:[/red] {plain(exc.message)}")
+    tail = [line for line in str(exc.fields.get("log", "")).splitlines() if line.strip()][-8:]
+    if tail:
+        err.print("  the end of its log:")
+        for line in tail:
+            err.print(f"    {plain(line)}")
+    if exc.fields.get("log_path"):
+        err.print(f"  its whole log: {plain(exc.fields['log_path'])}")
+
+
 def cell(value: object) -> Text:
     """A table cell showing ``value`` as it is (see :func:`plain`)."""
     return Text(str(value))
@@ -71,7 +87,7 @@ def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     try:
         return asyncio.run(coro_fn())  # type: ignore[arg-type]
     except SymbioteError as exc:
-        err.print(f"[red]error:[/red] {plain(exc)}")
+        print_error(exc)
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:
         raise typer.Exit(130) from None

@@ -93,7 +93,7 @@ def audit_command(
     """Re-verify every signature, policy decision and checkpoint of the log; exit 1 if anything fails.
 
     The checkpoints are compared with their files, and with their copies in PostgreSQL when it is
-    known (``--postgres-dsn``, or the running runtime's)."""
+    known (--postgres-dsn, or the running runtime's)."""
     home = _home(data_dir)
 
     skipped = ""
@@ -179,7 +179,9 @@ def why_command(
             console.print(f"[red]no command {plain(command_id)} in the log[/red]")
             raise typer.Exit(1)
         command, state = plain(story.command or "?"), plain(story.state)
-        console.print(f"[bold]{command}[/bold]  {plain(command_id)}  → [bold]{state}[/bold]")
+        if story.request_id is not None:
+            console.print(f"[dim]the request {plain(story.request_id)} led to:[/dim]")
+        console.print(f"[bold]{command}[/bold]  {plain(story.command_id)}  → [bold]{state}[/bold]")
         for step in story.steps:
             mark = "[green]✓[/green]" if step.ok else "[red]✗[/red]"
             where = f"#{step.seq}" if step.seq is not None else ""

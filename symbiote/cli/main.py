@@ -34,6 +34,7 @@ from symbiote.cli.common import (
     console,
     err,
     plain,
+    print_error,
 )
 from symbiote.errors import AudioError, SymbioteError
 from symbiote.home import DataDir
@@ -163,7 +164,7 @@ def up(
     try:
         asyncio.run(go())
     except SymbioteError as exc:
-        err.print(f"[red]error:[/red] {plain(exc)}")
+        print_error(exc)
         raise typer.Exit(1) from exc
 
 
@@ -228,7 +229,7 @@ def dispatcher(
     try:
         asyncio.run(go())
     except SymbioteError as exc:
-        err.print(f"[red]error:[/red] {plain(exc)}")
+        print_error(exc)
         raise typer.Exit(1) from exc
 
 
@@ -251,7 +252,7 @@ def say(
     nats_url: NatsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Publish a signed request: typed (``input.text``) or spoken (``input.voice``, with --audio)."""
+    """Publish a signed request: typed (input.text) or spoken (input.voice, with --audio)."""
     home = _home(data_dir)
     if (text is None) == (audio is None):
         err.print("[red]error:[/red] give either TEXT or --audio FILE")

@@ -85,7 +85,7 @@ def register(keys_app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Print a one-time code, URL and QR code that pair a phone as user:NAME (valid 10 minutes, once)."""
-        from symbiote.cli.common import _home, console, err, plain
+        from symbiote.cli.common import _home, console, err, plain, print_error
 
         home = _home(data_dir)
         if not valid_name(name):
@@ -94,7 +94,7 @@ def register(keys_app: typer.Typer) -> None:
         try:
             base, fingerprint = _api_address(home, url)
         except ConfigError as exc:
-            err.print(f"[red]error:[/red] {plain(exc)}")
+            print_error(exc)
             raise typer.Exit(1) from exc
         base, warning = phone_base_url(base)
         store = PairingStore(home.root)

@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from symbiote.bus.envelope import Envelope, from_wire
 from symbiote.bus.events import BODY_TYPES, parse_body, subject_for
-from symbiote.bus.ids import is_event_id, now_ms
+from symbiote.bus.ids import derived_event_id, is_event_id, now_ms
 from symbiote.bus.stream import Bus, StoredMsg
 from symbiote.errors import ConfigError, DecodeError
 from symbiote.projections.checkpoints import (
@@ -69,6 +69,7 @@ __all__ = [
     "Refusal",
     "Step",
     "audit",
+    "find_input",
     "human_time",
     "judge_execution",
     "why",
@@ -884,6 +885,7 @@ class CommandStory:
     command: str | None = None
     steps: list[Step] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    request_id: str | None = None  # asked by the id of the request: the command the agent made of it
 
     @property
     def ran(self) -> bool:
@@ -893,6 +895,7 @@ class CommandStory:
     def as_map(self) -> dict[str, Any]:
         return {
             "command_id": self.command_id,
+            "request_id": self.request_id,
             "found": self.found,
             "state": self.state,
             "command": self.command,
@@ -931,7 +934,9 @@ def _input_words(source: Envelope) -> str:
     return f"{source.actor} asked: {text!r}"
 
 
-async def _find_input(bus: Bus, input_id: str, before_seq: int) -> tuple[int, Envelope] | None:
+async def find_input(bus: Bus, input_id: str, before_seq: int) -> tuple[int, Envelope] | None:
+    """The request (``sym.in.…``) with id ``input_id`` stored before ``before_seq``, and where; None
+    if the log does not hold it. The 5,000 messages before ``before_seq`` are read first."""
     windows = [(max(1, before_seq - 5000), before_seq)]
     if windows[0][0] > 1:
         windows.append((1, windows[0][0]))
@@ -955,7 +960,13 @@ async def why(bus: Bus, command_id: str) -> CommandStory:
         raise ConfigError("a command id is the UUID of its proposal (lower-case, with hyphens)", command_id=command_id)
     story = CommandStory(command_id, found=False)
     msgs = await bus.history(f"sym.cmd.{command_id}.>", 1, limit=None)  # all: none may be left out of the story
-    if not msgs:
+    if not msgs:  # the id of a request? The agent names what it makes of one after it
+        for purpose in ("proposal", "clarify", "suggest"):
+            derived = derived_event_id(command_id, purpose)
+            if await bus.next_after(f"sym.cmd.{derived}.>", 1) is not None:
+                story = await why(bus, derived)
+                story.request_id = command_id
+                return story
         return story
     story.found = True
     last = msgs[-1].seq
@@ -982,7 +993,7 @@ async def why(bus: Bus, command_id: str) -> CommandStory:
     anchor = (life.proposal_seq, life.proposal) if life.proposal is not None else (events[0] if events else None)
     cause = anchor[1].cause if anchor is not None else None
     if anchor is not None and cause is not None:
-        found = await _find_input(bus, cause, anchor[0])
+        found = await find_input(bus, cause, anchor[0])
         if found is None:
             missing = f"the request it answers (event {cause}) is not in the log: deleted, or never published"
             story.steps.append(Step("input", None, None, None, missing, False, {"event_id": cause}))
