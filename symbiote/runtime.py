@@ -154,7 +154,12 @@ class Runtime:
             }
         )
         stack.callback(self.home.clear_runtime)
-        log.info("runtime.up", nats_url=redact_url(self.nats_url), postgres_dsn=self.postgres_dsn, api_url=self.api_url)
+        log.info(
+            "runtime.up",
+            nats_url=redact_url(self.nats_url),
+            postgres_dsn=redact_url(self.postgres_dsn or ""),
+            api_url=self.api_url,
+        )
 
     async def _define_memory_search(self) -> None:
         """Register ``memory.search`` (served from the memory projection) once."""

@@ -307,7 +307,12 @@ async def test_pg_dsn_fixture_has_vector(pg_dsn: str) -> None:
 
 @pytest.mark.timeout(120)
 async def test_pg_server_fixture_database_and_listen_address(pg_server: PostgresServer) -> None:
-    assert pg_server.dsn == f"postgresql://symbiote@127.0.0.1:{pg_server.port}/symbiote"
+    password = pg_server.password_file.read_text().strip()
+    assert pg_server.dsn == f"postgresql://symbiote:{password}@127.0.0.1:{pg_server.port}/symbiote"
+    assert stat.S_IMODE(pg_server.password_file.stat().st_mode) == 0o600
+    for wrong in (f"postgresql://symbiote@127.0.0.1:{pg_server.port}/symbiote", pg_server.dsn.replace(password, "x")):
+        with pytest.raises((asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError)):
+            await asyncpg.connect(wrong)  # another local user who reaches the port reads nothing
     conn = await asyncpg.connect(pg_server.dsn)
     try:
         assert await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
@@ -494,3 +499,21 @@ async def test_a_second_server_on_the_same_data_is_refused_in_one_line(tmp_path:
         assert f"(pid {pg.pid}) still serves this data" in info.value.message
         assert "\n" not in info.value.message
         assert pg.running
+
+
+@pytest.mark.timeout(120)
+async def test_pg_a_cluster_made_with_trust_gets_a_password(pg_data_dir: Path) -> None:
+    """A cluster made before the password existed trusted every local connection: its next start
+    gives the superuser a password and requires it."""
+    async with PostgresServer(PostgresServerConfig(data_dir=pg_data_dir)) as server:
+        port = server.port
+    hba = pg_data_dir / "pgdata" / "pg_hba.conf"
+    hba.write_text(hba.read_text().replace("scram-sha-256", "trust"))
+    server.password_file.unlink()
+    async with PostgresServer(PostgresServerConfig(data_dir=pg_data_dir, port=port)) as again:
+        rules = [line.split() for line in hba.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        assert again.password_file.exists() and rules and all(rule[-1] == "scram-sha-256" for rule in rules)
+        conn = await asyncpg.connect(again.dsn)
+        await conn.close()
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            await asyncpg.connect(f"postgresql://symbiote:wrong@127.0.0.1:{port}/symbiote")

@@ -133,7 +133,9 @@ def up(
         async with Runtime(home, options) as runtime:
             console.print(f"[green]symbiote is up[/green]  data: {plain(home.root)}")
             nats = redact_url(runtime.nats_url or "")
-            console.print(plain(f"  nats: {nats}   postgres: {runtime.postgres_dsn}   api: {runtime.api_url}"))
+            console.print(
+                plain(f"  nats: {nats}   postgres: {redact_url(runtime.postgres_dsn or '')}   api: {runtime.api_url}")
+            )
             shown = home.root / "demo-shown"
             if demo and shown.exists():
                 console.print(

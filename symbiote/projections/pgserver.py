@@ -14,12 +14,14 @@ Layout of ``data_dir`` (created if missing)::
                      renamed into place, so an interrupted initdb never leaves
                      a half-made cluster behind)
     postgres.log     stdout and stderr of initdb and postgres, appended
+    password         the superuser's password (made with the cluster, mode 0600)
 
 Security model: the server listens on ``127.0.0.1`` only, Unix sockets are
-disabled, and authentication is ``trust`` — any local process that can reach
-the loopback port may connect as the superuser ``config.user``.  That is the
-intended trade-off for an embedded, single-user server; do not use it on a
-shared multi-user host without setting a password.
+disabled, and every connection authenticates with the superuser's password
+(SCRAM-SHA-256), kept in ``data_dir/password``: another local user who can
+reach the loopback port cannot read the projections (every request the person
+made is in them).  A cluster made before the password existed (``trust``) gets
+one on its next start.
 
 Running as root: PostgreSQL refuses to run as root, so when the effective uid
 is 0, ``initdb`` and ``postgres`` run as an unprivileged system user (by
@@ -44,6 +46,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -97,6 +100,12 @@ def _free_port() -> int:
         s.bind((_HOST, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def _quote_literal(value: str) -> str:
+    if "\x00" in value:
+        raise ConfigError("literal contains a NUL byte")
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _quote_ident(name: str) -> str:
@@ -194,6 +203,7 @@ class PostgresServer(ManagedServer):
         self._proc: ServerProcess | None = None
         self._run_as: tuple[int, int] | None = None
         self._prepared = False
+        self._password: str | None = None
 
     # -- discovery ---------------------------------------------------------
 
@@ -223,12 +233,37 @@ class PostgresServer(ManagedServer):
 
     @property
     def dsn(self) -> str:
-        """``postgresql://user@127.0.0.1:PORT/database`` (trust authentication)."""
+        """``postgresql://user:password@127.0.0.1:PORT/database`` (keep it private: it holds the password)."""
         return self.dsn_for(self.config.database)
 
     def dsn_for(self, database: str) -> str:
         """DSN of another database on this server, as the same superuser."""
-        return f"postgresql://{quote(self.config.user, safe='')}@{_HOST}:{self.port}/{quote(database, safe='')}"
+        user, password = quote(self.config.user, safe=""), quote(self.password, safe="")
+        return f"postgresql://{user}:{password}@{_HOST}:{self.port}/{quote(database, safe='')}"
+
+    @property
+    def password_file(self) -> Path:
+        return self.config.data_dir / "password"
+
+    @property
+    def password(self) -> str:
+        """The superuser's password (made on first start; see the module doc)."""
+        if self._password is None:
+            try:
+                self._password = self.password_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError("the PostgreSQL password is not there yet: start the server first") from exc
+        return self._password
+
+    def _make_password(self) -> str:
+        """Make the password file (0600) if there is none; return the password."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(32) + "\n")
+        self._password = None
+        return self.password
 
     @property
     def data_dir(self) -> Path:
@@ -287,18 +322,30 @@ class PostgresServer(ManagedServer):
         staging.mkdir(mode=0o700)
         if self._run_as is not None:
             os.chown(staging, *self._run_as)
+        password = self._make_password()
+        pwfile = self.data_dir / "initdb.password"  # for whoever runs initdb (its own copy: it is chowned)
+        pwfile.unlink(missing_ok=True)
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(password + "\n")
+        if self._run_as is not None:
+            os.chown(pwfile, *self._run_as)
         argv = [
             str(bin_dir / "initdb"),
             "-D",
             str(staging),
             "-U",
             self.config.user,
-            "--auth=trust",
+            "--auth=scram-sha-256",
+            f"--pwfile={pwfile}",
             "--encoding=UTF8",
             "--no-locale",
             "--no-instructions",
         ]
-        await self._run_tool("initdb", argv, self._start_timeout)
+        try:
+            await self._run_tool("initdb", argv, self._start_timeout)
+        finally:
+            pwfile.unlink(missing_ok=True)
         staging.rename(self.pgdata)
 
     async def start(self) -> None:
@@ -347,6 +394,7 @@ class PostgresServer(ManagedServer):
             break
 
         try:
+            await self._require_password()
             await self._ensure_database()
         except BaseException as exc:
             await self.stop()
@@ -410,7 +458,30 @@ class PostgresServer(ManagedServer):
             delay = min(delay * 2, 0.05)
 
     async def _connect(self, database: str) -> asyncpg.Connection:
-        return await asyncpg.connect(host=_HOST, port=self.port, user=self.config.user, database=database, timeout=10.0)
+        return await asyncpg.connect(
+            host=_HOST, port=self.port, user=self.config.user, password=self.password, database=database, timeout=10.0
+        )
+
+    async def _require_password(self) -> None:
+        """A cluster made with ``trust`` (before the password existed): give its superuser the
+        password, and make every connection use it from now on."""
+        hba = self.pgdata / "pg_hba.conf"
+        text = hba.read_text()
+        if not any(line.split()[-1:] == ["trust"] for line in text.splitlines() if not line.startswith("#")):
+            return
+        password = self._make_password()
+        conn = await asyncpg.connect(host=_HOST, port=self.port, user=self.config.user, database="postgres")
+        try:
+            await conn.execute("SET password_encryption = 'scram-sha-256'")
+            await conn.execute(f"ALTER ROLE {_quote_ident(self.config.user)} PASSWORD {_quote_literal(password)}")
+            lines = [
+                " ".join([*line.split()[:-1], "scram-sha-256"]) if not line.startswith("#") and line.split() else line
+                for line in text.splitlines()
+            ]
+            hba.write_text("\n".join(lines) + "\n")
+            await conn.execute("SELECT pg_reload_conf()")
+        finally:
+            await conn.close()
 
     async def _ensure_database(self) -> None:
         conn = await self._connect("postgres")
