@@ -53,7 +53,7 @@ __all__ = [
     "NatsServer",
     "NatsServerConfig",
     "ServerProcess",
-    "leftover_process",
+    "refuse_leftover",
 ]
 
 _LOG_TAIL_BYTES = 64 * 1024
@@ -133,14 +133,23 @@ def _signal_on_parent_death(sig: int) -> Callable[[], None] | None:
     return arm
 
 
-def leftover_process(pid: int, marker: str) -> bool:
-    """Whether ``pid`` is a live process whose command line names ``marker`` (its data dir or
-    configuration file): a server an earlier run left on the same data."""
+def refuse_leftover(pid: str, marker: str, *, server: str, serves: str, stop: str, **fields: Any) -> None:
+    """Raise :class:`ServerStartError`, in one line, when ``pid`` (as a pid file holds it) is a live
+    process whose command line names ``marker`` (its data or configuration): a ``server`` that an
+    earlier run left on the same data, which ``stop`` (a command, given the pid) ends."""
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return False
-    return pid != os.getpid() and marker.encode() in cmdline
+        return
+    if marker.encode() in cmdline:
+        raise ServerStartError(
+            f"a {server} of an earlier run (pid {pid}) still serves {serves}: stop it ({stop} {pid}) and start again",
+            log="",
+            pid=int(pid),
+            **fields,
+        )
 
 
 class ServerProcess:
@@ -529,14 +538,9 @@ class NatsServer(ManagedServer):
         os.chmod(store, 0o700)  # the log itself: the server's alone
         for stale in store.glob("*.ports"):
             pid = stale.stem.rsplit("_", 1)[-1]
-            if pid.isdigit() and leftover_process(int(pid), str(self.config_path)):
-                raise ServerStartError(
-                    f"a nats-server of an earlier run (pid {pid}) still serves this store: "
-                    f"stop it (kill {pid}) and start again",
-                    log="",
-                    pid=int(pid),
-                    store_dir=str(store),
-                )
+            refuse_leftover(
+                pid, str(self.config_path), server="nats-server", serves="this store", stop="kill", store_dir=str(store)
+            )
             stale.unlink(missing_ok=True)
         # 0600: the configuration may hold the authorization token
         fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -60,7 +60,7 @@ from urllib.parse import quote
 
 import asyncpg
 
-from symbiote.bus.server import ManagedServer, ServerProcess, leftover_process
+from symbiote.bus.server import ManagedServer, ServerProcess, refuse_leftover
 from symbiote.errors import ConfigError, ServerStartError, StoreError
 
 __all__ = [
@@ -408,14 +408,8 @@ class PostgresServer(ManagedServer):
             first = (self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0].strip()
         except OSError:
             return
-        if first.isdigit() and leftover_process(int(first), str(self.pgdata)):
-            raise ServerStartError(
-                f"a PostgreSQL of an earlier run (pid {first}) still serves this data: "
-                f"stop it (kill -INT {first}) and start again",
-                log="",
-                pid=int(first),
-                pgdata=str(self.pgdata),
-            )
+        pgdata = str(self.pgdata)
+        refuse_leftover(first, pgdata, server="PostgreSQL", serves="this data", stop="kill -INT", pgdata=pgdata)
 
     def _spawn_postgres(self, bin_dir: Path, port: int) -> ServerProcess:
         argv = [
