@@ -168,6 +168,8 @@ def test_up_say_events_keys_and_clean_stop(running: tuple[Path, subprocess.Popen
     cli(data_dir, "keys", "revoke", device.kid)
     listed = [json.loads(line) for line in cli(data_dir, "keys", "list", "--json").stdout.splitlines()]
     assert next(k for k in listed if k["principal"] == "user:phone")["revoked_seq"] is not None
+    twice = cli(data_dir, "keys", "revoke", device.kid, check=False)
+    assert twice.returncode == 1 and "user:phone's key was already revoked, at seq" in twice.stderr, twice.stderr
     assert cli(data_dir, "keys", "add", "x", "--role", "user", "--public-key", "ed25519:bad", check=False).returncode
     again = cli(data_dir, "keys", "add", "phone2", "--role", "user", "--public-key", device.kid, check=False)
     assert again.returncode == 1 and "already registered, as user:phone" in again.stderr, again.stderr

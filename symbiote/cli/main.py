@@ -400,8 +400,10 @@ def keys_revoke(
         async with _bus(home, nats_url) as bus:
             state = await RegistryFollower(bus).refresh()
             entry = state.keyring.entry(kid)
-            if entry is None or entry.revoked_seq is not None:
-                raise SymbioteError("no such active key", kid=kid)
+            if entry is None:
+                raise SymbioteError("no such key in the registry (see `symbiote keys list --json`)", kid=kid)
+            if entry.revoked_seq is not None:
+                raise SymbioteError(f"{entry.principal}'s key was already revoked, at seq {entry.revoked_seq}", kid=kid)
             seq = await revoke_key(bus, home.load_key("owner"), kid, entry.principal)
         console.print(plain(f"revoked {entry.principal} ({kid}) at seq {seq}"))
 
