@@ -19,6 +19,8 @@ __all__ = [
     "KeyFileError",
     "SandboxError",
     "SandboxUnavailable",
+    "ServerError",
+    "ServerExitedError",
     "ServerStartError",
     "SignatureError",
     "StoreError",
@@ -65,8 +67,16 @@ class ConflictError(BusError):
     """An optimistic-concurrency publish lost (someone else wrote first)."""
 
 
-class ServerStartError(SymbioteError):
-    """An embedded server (nats-server, PostgreSQL) failed to start; ``fields['log']`` holds its log."""
+class ServerError(SymbioteError):
+    """An embedded server (nats-server, PostgreSQL) failed; ``fields['log']`` holds the end of its log."""
+
+
+class ServerStartError(ServerError):
+    """An embedded server failed to start."""
+
+
+class ServerExitedError(ServerError):
+    """An embedded server stopped by itself while the runtime was using it."""
 
 
 class StoreError(SymbioteError):

@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,10 +89,18 @@ class DataDir:
             os.close(fd)  # releases the lock
 
     def ensure(self) -> None:
-        """Create the folders; the data dir and its keys are the owner's alone (mode 0700)."""
+        """Create the folders: a folder made here is the owner's alone (mode 0700). One that
+        exists loses only read and write for others: its search bits stay, since the embedded
+        PostgreSQL, run as its own user when started by root, needs them to reach its data."""
         for path in (self.root, self.keys_dir, self.workspaces_dir, self.checkpoints_dir):
-            path.mkdir(parents=True, exist_ok=True)
-            os.chmod(path, 0o700)
+            try:
+                path.mkdir(parents=True)
+            except FileExistsError:
+                mode = stat.S_IMODE(path.stat().st_mode)
+                if mode & 0o066:
+                    os.chmod(path, mode & ~0o066)
+            else:
+                os.chmod(path, 0o700)
 
     @staticmethod
     def passphrase() -> bytes | None:

@@ -24,7 +24,7 @@ from symbiote.agents.service import Agent
 from symbiote.api.app import ApiServer
 from symbiote.api.notify import TelegramNotifier
 from symbiote.bootstrap import define_command, initialize
-from symbiote.bus.server import NatsServer, NatsServerConfig
+from symbiote.bus.server import ManagedServer, NatsServer, NatsServerConfig
 from symbiote.bus.stream import Bus, redact_url
 from symbiote.dispatcher.executors import Builtin, Executors
 from symbiote.dispatcher.service import Dispatcher
@@ -73,6 +73,7 @@ class Runtime:
         self.dispatcher: Dispatcher | None = None
         self.agent: Agent | None = None
         self.extras: dict[str, Any] = {}
+        self.servers: list[ManagedServer] = []  # the embedded servers started here
         self._stack = AsyncExitStack()
 
     async def start(self) -> None:
@@ -85,8 +86,8 @@ class Runtime:
 
     async def _start(self) -> None:
         stack = self._stack
+        stack.enter_context(self.home.lock("symbiote up"))  # one runtime per data dir, before touching it
         self.home.ensure()
-        stack.enter_context(self.home.lock("symbiote up"))  # one runtime per data dir
         problems = BubblewrapSandbox().preflight()
         if problems:
             log.warning("sandbox.preflight", problems=problems, note="sandboxed commands will fail closed")
@@ -97,6 +98,7 @@ class Runtime:
             nats_token = self.home.nats_token()
             nats = NatsServer(NatsServerConfig(store_dir=self.home.nats_dir, token=nats_token))
             await stack.enter_async_context(nats)
+            self.servers.append(nats)
             self.nats_url = nats.url
         self.bus = await Bus.connect(self.nats_url, name="symbiote-runtime", token=nats_token)
         stack.push_async_callback(self.bus.close)
@@ -109,6 +111,7 @@ class Runtime:
         elif self.options.postgres:
             pg = PostgresServer(PostgresServerConfig(data_dir=self.home.postgres_dir))
             await stack.enter_async_context(pg)
+            self.servers.append(pg)
             self.postgres_dsn = pg.dsn
         builtins: dict[str, Builtin] = {}
         recall = None
@@ -172,6 +175,7 @@ class Runtime:
     async def stop(self) -> None:
         """Stop everything started, in reverse order; idempotent."""
         stack, self._stack = self._stack, AsyncExitStack()
+        self.servers = []
         await stack.aclose()
 
     async def __aenter__(self) -> Runtime:
@@ -184,13 +188,21 @@ class Runtime:
     async def serve_until(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set (by a signal handler), or until the dispatcher or the agent
         stops by itself: a runtime that goes on without them would accept requests nobody acts on.
-        Stopping the runtime then re-raises the component's failure."""
+        Stopping the runtime then re-raises the component's failure. An embedded server that
+        stops by itself (PostgreSQL killed, say) stops the runtime too: this raises
+        :class:`ServerExitedError` with the end of its log, rather than retrying forever."""
         services = [s._service_task for s in (self.dispatcher, self.agent) if s is not None and s._service_task]
         waiting = asyncio.create_task(stop.wait())
+        servers = [asyncio.create_task(server.exited(), name=type(server).__name__) for server in self.servers]
         try:
-            done, _ = await asyncio.wait([waiting, *services], return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait([waiting, *services, *servers], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            await cancel_and_wait([waiting])
+            await cancel_and_wait([waiting, *servers])
+        for server in servers:
+            if server in done:
+                exited = server.result()
+                log.error("runtime.server_stopped", server=server.get_name(), error=exited.message)
+                raise exited
         for task in done:
             if task is not waiting:
                 error = None if task.cancelled() else task.exception()

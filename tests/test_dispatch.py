@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 from pathlib import Path
 
 import msgpack
@@ -481,12 +482,56 @@ async def test_a_second_runtime_on_the_same_data_dir_is_refused(nats_url: str, t
     options = RuntimeOptions(nats_url=nats_url, postgres=False, api=False)
     async with Runtime(home, options):
         written = home.runtime_file.read_text()
+        home.root.chmod(0o711)  # as the embedded PostgreSQL's own user needs it, when root runs it
         with pytest.raises(ConfigError, match=rf"in use by symbiote up \(pid {os.getpid()}\)"):
             async with Runtime(home, options):
                 pass
         assert home.runtime_file.read_text() == written
+        assert stat.S_IMODE(home.root.stat().st_mode) == 0o711  # the refused one touched nothing
         with pytest.raises(ConfigError, match="in use by symbiote up"), home.lock("a command"):
             pass
     with home.lock("a command"):  # released with the runtime
         pass
     assert not home.runtime_file.exists()
+
+
+def test_the_data_dir_is_made_private_and_an_existing_one_keeps_its_search_bits(tmp_path: Path) -> None:
+    """Folders made here are 0700; an existing folder loses read and write for others but keeps
+    the search bits a server run as another user needs (taking them would stop it mid-run)."""
+    from symbiote.home import DataDir
+
+    home = DataDir(tmp_path / "home")
+    home.ensure()
+    for path in (home.root, home.keys_dir, home.workspaces_dir, home.checkpoints_dir):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    home.root.chmod(0o755)
+    home.keys_dir.chmod(0o777)
+    home.ensure()
+    assert stat.S_IMODE(home.root.stat().st_mode) == 0o711
+    assert stat.S_IMODE(home.keys_dir.stat().st_mode) == 0o711
+
+
+@pytest.mark.timeout(60)
+async def test_the_runtime_stops_when_an_embedded_server_dies(tmp_path: Path) -> None:
+    """A server killed under the runtime (PostgreSQL or nats-server) is not retried forever in
+    silence: serving stops with ServerExitedError, naming the server and carrying its log."""
+    import signal
+
+    from symbiote.errors import ServerExitedError
+    from symbiote.home import DataDir
+    from symbiote.runtime import Runtime, RuntimeOptions
+
+    async def run_and_kill() -> None:
+        async with Runtime(DataDir(tmp_path / "home"), RuntimeOptions(postgres=False, api=False)) as runtime:
+            (nats,) = runtime.servers
+            serving = asyncio.create_task(runtime.serve_until(asyncio.Event()))
+            await asyncio.sleep(0.2)
+            assert not serving.done()
+            assert nats.pid is not None
+            os.kill(nats.pid, signal.SIGKILL)
+            await asyncio.wait_for(serving, 10)
+
+    with pytest.raises(ServerExitedError) as info:
+        await run_and_kill()
+    assert info.value.message == "nats-server stopped by itself (exit status -9)"
+    assert "starting nats-server" in info.value.fields["log"]

@@ -120,7 +120,7 @@ class _Delivery:
         with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError):
             if sub is not None:
                 await sub.unsubscribe()
-            if consumer is not None and not self.nc.is_closed:
+            if consumer is not None and self.nc.is_connected:  # not while reconnecting: it would wait out the timeout
                 await js.delete_consumer(stream, consumer)
 
     def _push(self, item: _Item) -> None:

@@ -44,9 +44,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
-from symbiote.errors import ConfigError, ServerStartError
+from symbiote.errors import ConfigError, ServerError, ServerExitedError, ServerStartError
 
 __all__ = [
     "ManagedServer",
@@ -60,6 +60,7 @@ _LOG_TAIL_BYTES = 64 * 1024
 _POLL_MIN_S = 0.005
 _POLL_MAX_S = 0.05
 _PR_SET_PDEATHSIG = 1
+_E = TypeVar("_E", bound=ServerError)
 
 
 # --------------------------------------------------------------------------
@@ -245,7 +246,11 @@ class ServerProcess:
 
     def failure(self, message: str, **fields: Any) -> ServerStartError:
         """A :class:`ServerStartError` carrying this child's log, pid and exit status."""
-        return ServerStartError(
+        return self.error(ServerStartError, message, **fields)
+
+    def error(self, kind: type[_E], message: str, **fields: Any) -> _E:
+        """A ``kind`` of :class:`ServerError` carrying this child's log, pid and exit status."""
+        return kind(
             message,
             log=self.log_text(),
             log_path=str(self.log_path),
@@ -360,6 +365,17 @@ class ManagedServer:
         proc, self._proc = self._proc, None
         if proc is not None:
             await proc.kill()
+
+    async def exited(self) -> ServerExitedError:
+        """Wait until the server process stops by itself (it crashed, or someone killed it), and
+        return the error that says so, with the end of its log. Waits forever on a server that was
+        never started; cancel it to stop waiting."""
+        proc = self._proc
+        if proc is None:
+            await asyncio.Event().wait()
+        assert proc is not None
+        rc = await proc.wait()
+        return proc.error(ServerExitedError, f"{proc.name} stopped by itself (exit status {rc})")
 
     async def restart(self) -> None:
         """Stop, then start again on the same port and data."""

@@ -173,13 +173,15 @@ class Bus:
         return cls(nc, stream=stream)
 
     async def close(self) -> None:
-        """Drain and close the connection; idempotent."""
+        """Drain and close the connection; idempotent. A connection that is down (the server
+        went away) is closed without draining, and what its socket says on the way is dropped."""
         if self.nc.is_closed:
             return
-        with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
-            await asyncio.wait_for(self.nc.drain(), 5)
-        if not self.nc.is_closed:
-            await self.nc.close()
+        with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError, OSError):
+            if self.nc.is_connected:
+                await asyncio.wait_for(self.nc.drain(), 5)
+            if not self.nc.is_closed:
+                await self.nc.close()
 
     async def __aenter__(self) -> Bus:
         return self
@@ -281,6 +283,11 @@ class Bus:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
         raise BusError("publish failed", subject=subject)  # pragma: no cover - loop always returns or raises
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection to NATS is up now (not closed, not reconnecting)."""
+        return bool(self.nc.is_connected)
 
     async def last_seq(self) -> int:
         """The stream's last sequence number (0 when empty)."""

@@ -17,7 +17,7 @@ from rich.text import Text
 from symbiote.bus.server import NatsServer, NatsServerConfig
 from symbiote.bus.stream import Bus
 from symbiote.cli.chain import EventRow
-from symbiote.errors import ServerStartError, SymbioteError
+from symbiote.errors import ServerError, SymbioteError
 from symbiote.home import DataDir, default_data_dir
 from symbiote.logs import configure_logging
 from symbiote.projections.fold import command_id_of, output_said
@@ -50,9 +50,9 @@ def plain(value: object) -> str:
 
 
 def print_error(exc: SymbioteError) -> None:
-    """Print a failure for people: a server that would not start is named with the end of its
+    """Print a failure for people: a server that would not start, or stopped, is named with the end of its
     log (its lines as lines, not one escaped string) and where the whole log is."""
-    if not isinstance(exc, ServerStartError):
+    if not isinstance(exc, ServerError):
         err.print(f"[red]error:[/red] {plain(exc)}")
         return
     err.print(f"[red]error:[/red] {plain(exc.message)}")

@@ -44,6 +44,7 @@ from symbiote.bus.envelope import Envelope, from_wire, make_event
 from symbiote.bus.events import AuditCheckpoint, parse_body
 from symbiote.bus.stream import Bus
 from symbiote.errors import BusError, ConflictError, DecodeError, StoreError, SymbioteError
+from symbiote.lifecycle import cancel_and_wait
 from symbiote.projections.db import DB_ERRORS, apply_migrations, connect, translate
 from symbiote.projections.verify import CHECKPOINT_SUBJECT, entry_hash, reading
 from symbiote.registry.follower import RegistryFollower
@@ -287,37 +288,48 @@ class Checkpointer:
 
     # -- lifecycle --------------------------------------------------------------------------
     async def run(self) -> None:
-        """Checkpoint every ``interval_s`` and after ``idle_s`` without new events, until :meth:`shutdown`."""
+        """Checkpoint every ``interval_s`` and after ``idle_s`` without new events, until :meth:`shutdown`.
+
+        Shutting down cancels a checkpoint in flight (NATS gone away would hold it for minutes of
+        retries; one cut short is taken up on the next start: the stream is the truth), then
+        makes a final one, bounded, when ``final`` and NATS is there to take it."""
+        schedule = asyncio.create_task(self._schedule(), name="checkpoint-schedule")
+        stopping = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait([schedule, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await cancel_and_wait([schedule, stopping])
+            try:
+                if self.final and self.bus.connected:
+                    try:
+                        await asyncio.wait_for(self.checkpoint_now(), 10)
+                    except (*_BUS_ERRORS, StoreError) as exc:
+                        log.warning("checkpoint.final_failed", error=str(exc))
+            finally:
+                await self._close_db()
+        if not schedule.cancelled() and schedule.exception() is not None:
+            raise schedule.exception()  # type: ignore[misc]
+
+    async def _schedule(self) -> None:
         last_time = time.monotonic()
         last_seen = -1
         last_change = time.monotonic()
-        try:
-            while not self._stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), self.poll_s)
-                if self._stop.is_set():
-                    break
-                try:
-                    state = await self.bus.stream_state()
-                    now = time.monotonic()
-                    last = int(state.last_seq or 0)
-                    if last != last_seen:
-                        last_seen, last_change = last, now
-                    if last <= self._scanned and not self._pending_count:
-                        last_time = now  # nothing new: the schedule restarts with the next event
-                        continue
-                    if now - last_time >= self.interval_s or now - last_change >= self.idle_s:
-                        await self.checkpoint_now()
-                        last_time = time.monotonic()
-                except (*_BUS_ERRORS, StoreError) as exc:
-                    log.warning("checkpoint.retry_later", error=str(exc))
-        finally:
-            if self.final:
-                try:
-                    await asyncio.wait_for(self.checkpoint_now(), 10)
-                except (*_BUS_ERRORS, StoreError) as exc:
-                    log.warning("checkpoint.final_failed", error=str(exc))
-            await self._close_db()
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                state = await self.bus.stream_state()
+                now = time.monotonic()
+                last = int(state.last_seq or 0)
+                if last != last_seen:
+                    last_seen, last_change = last, now
+                if last <= self._scanned and not self._pending_count:
+                    last_time = now  # nothing new: the schedule restarts with the next event
+                    continue
+                if now - last_time >= self.interval_s or now - last_change >= self.idle_s:
+                    await self.checkpoint_now()
+                    last_time = time.monotonic()
+            except (*_BUS_ERRORS, StoreError) as exc:
+                log.warning("checkpoint.retry_later", error=str(exc))
 
     def shutdown(self) -> None:
         """Stop (after a final checkpoint when ``final``); idempotent."""
