@@ -16,7 +16,7 @@ import pytest
 
 from symbiote.registry.definition import load_definition
 from symbiote.signers.keys import SigningKey
-from tests.helpers import SPOKEN_REQUEST, speak
+from tests.helpers import SPOKEN_REQUEST, World, speak
 
 pytestmark = pytest.mark.timeout(120)
 SYMBIOTE = [sys.executable, "-m", "symbiote.cli"]
@@ -239,3 +239,29 @@ def test_a_server_that_would_not_start_is_told_with_the_end_of_its_log(capsys: p
     out = capsys.readouterr().err
     assert "error: postgres exited during startup\n" in out and "\\n" not in out
     assert '    FATAL:  lock file "postmaster.pid" already exists\n' in out and "its whole log: /x/postgres.log" in out
+
+
+async def test_events_shows_who_signed_a_registry_change_it_refused(world: World) -> None:
+    """A command definition signed by the agent holds as a signature but is refused (only the
+    owner changes the registry): `events` says who signed it, and that it was refused; a
+    forged signature is a cross, with no signer."""
+    from symbiote.bootstrap import define_command
+    from symbiote.cli.chain import rows
+    from symbiote.cli.common import _print_row, console
+    from symbiote.registry.state import default_definitions
+
+    definition = default_definitions()[0]
+    seq = await define_command(world.bus, world.agent, definition)
+    forged = SigningKey.generate("owner:mallory")
+    forged_seq = await define_command(world.bus, forged, definition)
+    found = {row.seq: row async for row in rows(world.bus)}
+    refused, unknown = found[seq], found[forged_seq]
+    assert refused.verified == [world.agent.principal]
+    assert refused.problem is not None and refused.problem.startswith("wrong_role")
+    assert unknown.verified == [] and unknown.problem is not None and unknown.problem.startswith("unknown_key")
+    with console.capture() as captured:
+        _print_row(refused)
+        _print_row(unknown)
+    lines = captured.get().splitlines()
+    assert f"✓ {world.agent.principal} refused: wrong_role" in lines[0]
+    assert "✗ unknown_key" in lines[1] and "✓" not in lines[1]

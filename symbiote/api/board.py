@@ -231,7 +231,9 @@ class ApprovalBoard:
             return
         if subject.startswith("sym.in."):
             text = event.body.get("text")
-            if isinstance(text, str):
+            # only a request whose signatures hold is shown beside an approval: a forged one would
+            # put words in the person's mouth on the page where they decide
+            if isinstance(text, str) and self.state.keyring.verify(event, msg.seq).ok:
                 self._inputs[event.id] = text
                 if len(self._inputs) > _INPUT_MEMORY:
                     self._inputs.popitem(last=False)

@@ -67,13 +67,10 @@ def approvals(data_dir: DataDirOpt = None, nats_url: NatsOpt = None, as_json: Js
     async def go() -> None:
         async with _bus(home, nats_url) as bus:
             found = []
-            for life in await pending_approvals(bus, RegistryFollower(bus), now_ms=now_ms()):
+            follower = RegistryFollower(bus)
+            for life in await pending_approvals(bus, follower, now_ms=now_ms()):
                 item = describe_pending(life)
-                cause = life.proposal.cause if life.proposal is not None else None
-                asked = await find_input(bus, cause, life.proposal_seq) if cause else None
-                text = asked[1].body.get("text") if asked is not None else None
-                item["asked_by"] = asked[1].actor if asked is not None else None
-                item["request_text"] = text if isinstance(text, str) else None
+                item.update(await _asked(bus, follower, life))
                 found.append(item)
         if as_json:
             for item in found:
@@ -91,6 +88,8 @@ def approvals(data_dir: DataDirOpt = None, nats_url: NatsOpt = None, as_json: Js
             console.print(f"[bold]{plain(item['command_id'])}[/bold]", soft_wrap=True)
             if item["asked_by"] is not None:
                 console.print(plain(f"  asked by {item['asked_by']}: {item['request_text']!r}"), soft_wrap=True)
+            elif item["request_problem"] is not None:
+                console.print(f"  [red]{plain(item['request_problem'])}[/red]", soft_wrap=True)
             console.print(plain(f"  {item['command']} {json.dumps(item['args'], ensure_ascii=False)}"))
             console.print(plain(f"  risk: {item['risk']}"))
             console.print(plain(f"  who: {item['policy']}"))
@@ -99,6 +98,23 @@ def approvals(data_dir: DataDirOpt = None, nats_url: NatsOpt = None, as_json: Js
             console.print(f"  [dim]approve: symbiote approve {plain(item['command_id'])}[/dim]", soft_wrap=True)
 
     _run(go)
+
+
+async def _asked(bus: Bus, follower: RegistryFollower, life: CommandLife) -> dict[str, Any]:
+    """Who asked for this command, and in what words: only from a request whose signatures
+    verify (as the registry stood where it lies); otherwise what is wrong with it."""
+    cause = life.proposal.cause if life.proposal is not None else None
+    asked = await find_input(bus, cause, life.proposal_seq) if cause else None
+    if asked is None:
+        problem = f"the request it answers ({cause}) is not in the log" if cause else None
+        return {"asked_by": None, "request_text": None, "request_problem": problem}
+    seq, request = asked
+    verdict = (await follower.ensure_through(seq)).keyring.verify(request, seq)
+    if not verdict.ok:
+        problem = f"the request at seq {seq} could not be verified ({verdict.reason}): who asked is unknown"
+        return {"asked_by": None, "request_text": None, "request_problem": problem}
+    text = request.body.get("text")
+    return {"asked_by": request.actor, "request_text": text if isinstance(text, str) else None, "request_problem": None}
 
 
 async def _answer(bus: Bus, home: DataDir, command_id: str, key_file: Path | None, *, approve: bool) -> Envelope:

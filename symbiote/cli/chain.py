@@ -79,10 +79,13 @@ def _row(state: RegistryState, msg: StoredMsg) -> EventRow:
         return EventRow(msg.seq, msg.subject, None, [], f"undecodable: {exc}")
     if event.type in REGISTRY_TYPES:
         verdict = state.apply(event, msg.seq)
+        # a change whose every signature holds, yet refused (wrong role, a replay): who signed it shows
+        signed = bool(verdict.checks) and all(check.ok for check in verdict.checks)
     else:
         verdict = state.keyring.verify(event, msg.seq)
+        signed = verdict.ok
     problem = None if verdict.ok else f"{verdict.reason}: {verdict.detail}"
-    return EventRow(msg.seq, msg.subject, event, verdict.principals if verdict.ok else [], problem)
+    return EventRow(msg.seq, msg.subject, event, verdict.principals if signed else [], problem)
 
 
 STOP_TYPES = frozenset({"command.clarify", "command.suggested"})
