@@ -184,6 +184,13 @@ async def test_why_says_when_the_request_a_command_answers_is_gone(world: World,
     first = story.steps[0]
     assert first.kind == "input" and not first.ok and "is not in the log" in first.text
     assert made["shell"].cause is not None and made["shell"].cause in first.text
+    assert story.ran and not story.problems and story.as_map()["chain_ok"] is False
+    assert "Steps marked ✗ do not hold: the chain cannot be proven there." in story.lines()
+    # a command whose proposal is gone: its denial names the command as its cause, not a request
+    proposed = next(m for m in [m async for m in w.bus.read("sym.cmd.>")] if peek_id(m.data) == made["bad"].id)
+    await w.bus.js.delete_msg(w.bus.stream, proposed.seq)
+    orphan = await why(w.bus, made["bad"].id)
+    assert orphan.found and [s.kind for s in orphan.steps] == ["denial"], orphan.steps
     question = w.text("open the file")  # a question back, as the agent asks one: its own id, caused by the request
     asked_back = w.sign(
         w.agent, "command.clarify", {"command_id": new_event_id(), "question": "which file?"}, cause=question.id
@@ -643,3 +650,34 @@ def test_cli_why_and_html_for_a_clean_log(nats_url: str, tmp_path: Path) -> None
     assert json.loads(result.output)["allowed"] is None  # nothing ran: neither allowed nor not
     result = runner.invoke(_app(), ["why", "*", *args])  # not an id: never a subject wildcard
     assert result.exit_code == 1 and "command id" in result.output
+
+
+async def test_copied_and_wrongly_signed_decisions_do_not_count_as_runs(world: World) -> None:
+    """A start the runtime signed for one command, copied onto another's subject, and a success
+    the agent signed are not runs: the audit names the copy and the signer, counts one run, and
+    accuses no command of running without approval. A command whose result was lost after it
+    started (outcome_unknown) ran: it is not listed as refused."""
+    w = world
+    echo_in, risky_in, lost_in = w.text("echo one"), w.text("remove it"), w.text("echo two")
+    echo = w.proposal(echo_in, "echo", {"text": "one"})
+    risky = w.proposal(risky_in, "shell.run", {"argv": ["rm", "it"]})
+    lost = w.proposal(lost_in, "echo", {"text": "two"})
+    for event in (echo_in, echo, risky_in, risky, lost_in, lost):
+        await w.send(event)
+    started = w.runtime_event("command.started", echo, sandbox={"backend": "inprocess"})
+    await w.send(started)
+    await publish_raw_subject(w.bus, f"sym.cmd.{risky.id}.started".encode(), started.to_wire())
+    copy_seq = await w.bus.last_seq()
+    body = {"command_id": risky.id, "exit_code": 0, "output": {"text": ""}, "duration_ms": 1}
+    forged_seq = await w.send(w.sign(w.agent, "command.succeeded", body, corr=risky.corr, cause=risky.id))
+    await w.send(w.runtime_event("command.started", lost, sandbox={"backend": "inprocess"}))
+    await w.send(w.runtime_event("command.denied", lost, reason="outcome_unknown", detail="the runtime stopped"))
+
+    report = await audit(w.bus, checkpoint_dir=None)
+    found = {(f.seq, f.kind) for f in report.findings}
+    assert (copy_seq, "replayed") in found and (forged_seq, "wrong_role") in found, report.findings
+    assert not [f for f in report.findings if f.kind == "policy"], report.findings
+    assert report.commands_executed == 2
+    runs = {run.command_id: run.outcome for run in report.executions}
+    assert runs == {echo.id: None, lost.id: "unknown (its result was lost)"}
+    assert report.refusals == []

@@ -159,7 +159,9 @@ def _print_audit(report: AuditReport) -> None:
 
 
 def why_command(
-    command_id: Annotated[str, typer.Argument(help="The command id (the id of its proposal)")],
+    command_id: Annotated[
+        str, typer.Argument(help="A command id (the id of its proposal), or the id of the request that led to it")
+    ],
     data_dir: DataDirOpt = None,
     nats_url: NatsOpt = None,
     as_json: JsonOpt = False,
@@ -176,7 +178,7 @@ def why_command(
                 raise typer.Exit(1)
             return
         if not story.found:
-            console.print(f"[red]no command {plain(command_id)} in the log[/red]")
+            console.print(f"[red]no command, nor a request that led to one, has the id {plain(command_id)}[/red]")
             raise typer.Exit(1)
         command, state = plain(story.command or "?"), plain(story.state)
         if story.request_id is not None:
@@ -187,6 +189,8 @@ def why_command(
             where = f"#{step.seq}" if step.seq is not None else ""
             kind = plain(f"{step.kind:<16}")
             console.print(f"  {mark} {where:>7}  {human_time(step.at)}  [dim]{kind}[/dim] {plain(step.text)}")
+        if not story.chain_ok:
+            console.print("[red]the steps marked ✗ do not hold: the chain cannot be proven there[/red]")
         if story.problems:
             console.print("[red]not allowed by the policy in force:[/red]")
             for problem in story.problems:

@@ -55,7 +55,7 @@ from symbiote.projections.verify import (
     reading,
     verdict_at,
 )
-from symbiote.registry.policy import CommandLife, check_proposal, fold_command
+from symbiote.registry.policy import RUNTIME_DECISIONS, CommandLife, check_proposal, fold_command
 from symbiote.registry.state import REGISTRY_TYPES, RegistryState
 from symbiote.signers.keyring import Verdict
 
@@ -352,6 +352,7 @@ class _Auditor:
             return
         cid = command_id_of(item.subject)
         report.signatures_checked += len(event.sigs)
+        by_runtime = False
         if item.subject.startswith("sym.reg.") and event.type in REGISTRY_TYPES:
             verdict = self.state.apply(event, seq)
             if not verdict.ok:
@@ -371,6 +372,7 @@ class _Auditor:
                 self.add(Finding(seq, "fail", "signature", _signature_words(event, verdict), event.id, cid))
             else:
                 self._check_role(event, seq, verdict, cid)
+                by_runtime = event.actor_role == "runtime" and all(check.role == "runtime" for check in verdict.checks)
                 if event.type.startswith("input."):
                     self._remember_input(event)
         self._check_shape(item, event, cid)
@@ -380,7 +382,7 @@ class _Auditor:
         else:
             self.seen_ids[event.id] = seq
         if cid is not None:
-            self._command_event(cid, event, seq)
+            self._command_event(cid, event, seq, by_runtime)
 
     def _gap(self, start: int, end: int) -> None:
         self.gaps.append((start, end))
@@ -456,8 +458,15 @@ class _Auditor:
                 return self.inputs[ref]
         return None, None
 
-    def _command_event(self, cid: str, event: Envelope, seq: int) -> None:
+    def _command_event(self, cid: str, event: Envelope, seq: int, by_runtime: bool) -> None:
+        """Follow one event of command ``cid``. Only the runtime's own decisions about this very
+        command count as starts, outcomes and refusals: a forged one has its finding already
+        (signature, role), and a validly signed one of another command copied onto this one's
+        subjects (its ``command_id`` says whose it is) changes nothing, as when the log is folded."""
         before = self.lives.touch(cid, list)
+        if event.type in RUNTIME_DECISIONS and not (by_runtime and event.body.get("command_id") == cid):
+            before.append((seq, event))
+            return
         if event.type == "command.denied" and event.cause == cid:
             self._refused(cid, fold_command(cid, [*before, (seq, event)], self.state), event, seq)
         if event.type == "command.started":
@@ -506,7 +515,11 @@ class _Auditor:
             self.executions.popitem(last=False)
 
     def _refused(self, cid: str, life: CommandLife, denial: Envelope, seq: int) -> None:
-        if life.terminal is not denial:  # a note about the command, or a forged denial: it goes on
+        if life.terminal is not denial:  # a note about the command, or one after its end: it goes on
+            return
+        if life.starts:  # it ran, and what came of it was lost (outcome_unknown): not a refusal
+            if cid in self.executions:
+                self.executions[cid].outcome = "unknown (its result was lost)"
             return
         command = life.proposal.body.get("command") if life.proposal is not None else None
         asked_by, request = self._asked(life.proposal)
@@ -892,6 +905,12 @@ class CommandStory:
         """The command was started (the policy question, "was it allowed to run", applies)."""
         return any(step.kind == "execution" for step in self.steps)
 
+    @property
+    def chain_ok(self) -> bool:
+        """Every step holds: each is in the log and signed as it says (a request that is gone, or
+        a forged step, makes this false even where the policy was kept)."""
+        return all(step.ok for step in self.steps)
+
     def as_map(self) -> dict[str, Any]:
         return {
             "command_id": self.command_id,
@@ -902,6 +921,7 @@ class CommandStory:
             "ran": self.ran,
             "allowed": not self.problems if self.ran else None,  # None: it never ran
             "problems": self.problems,
+            "chain_ok": self.chain_ok,
             "steps": [s.as_map() for s in self.steps],
         }
 
@@ -914,6 +934,8 @@ class CommandStory:
             where = f"seq {step.seq}" if step.seq is not None else "—"
             mark = "✓" if step.ok else "✗"
             out.append(f"  {mark} [{where}] {step.kind}: {step.text}")
+        if not self.chain_ok:
+            out.append("Steps marked ✗ do not hold: the chain cannot be proven there.")
         if self.problems:
             out.append("Policy problems:")
             out.extend(f"  ✗ {p}" for p in self.problems)
@@ -989,10 +1011,13 @@ async def why(bus: Bus, command_id: str) -> CommandStory:
     story.state = str(life.summary()["state"]) if (life.proposal or life.terminal) else "no proposal"
     if life.proposal is not None:
         story.command = str(life.proposal.body.get("command"))
-    # the request it answers: the proposal's cause, or (a question, a suggestion) its first event's
-    anchor = (life.proposal_seq, life.proposal) if life.proposal is not None else (events[0] if events else None)
+    # the request it answers: the proposal's cause, or a question's or a suggestion's (an event
+    # about the command itself, a denial say, has the command as its cause: no request there)
+    anchor = (life.proposal_seq, life.proposal) if life.proposal is not None else None
+    if anchor is None:
+        anchor = next(((s, e) for s, e in events if e.type in ("command.clarify", "command.suggested")), None)
     cause = anchor[1].cause if anchor is not None else None
-    if anchor is not None and cause is not None:
+    if anchor is not None and cause is not None and cause != command_id:
         found = await find_input(bus, cause, anchor[0])
         if found is None:
             missing = f"the request it answers (event {cause}) is not in the log: deleted, or never published"
