@@ -210,10 +210,13 @@ class Runtime:
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:
-    """SIGINT / SIGTERM / SIGHUP (the terminal closed) set ``stop``."""
+    """SIGINT / SIGTERM / SIGHUP (the terminal closed) set ``stop``. A SIGHUP already ignored
+    (``nohup symbiote up``) stays ignored: whoever started it asked it to outlive the terminal."""
     import signal
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:
+            continue
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -508,12 +509,50 @@ async def test_pg_a_cluster_made_with_trust_gets_a_password(pg_data_dir: Path) -
     async with PostgresServer(PostgresServerConfig(data_dir=pg_data_dir)) as server:
         port = server.port
     hba = pg_data_dir / "pgdata" / "pg_hba.conf"
-    hba.write_text(hba.read_text().replace("scram-sha-256", "trust"))
-    server.password_file.unlink()
+    refuse = "host all nobody 127.0.0.1/32 reject"  # the operator's own rule: it stays as it is
+    hba.write_text(refuse + "\n" + hba.read_text().replace("scram-sha-256", "trust"))
+    server.password_file.write_text("")  # as a crash while it was written would leave it
     async with PostgresServer(PostgresServerConfig(data_dir=pg_data_dir, port=port)) as again:
         rules = [line.split() for line in hba.read_text().splitlines() if line.strip() and not line.startswith("#")]
-        assert again.password_file.exists() and rules and all(rule[-1] == "scram-sha-256" for rule in rules)
+        assert rules[0] == refuse.split()
+        assert len(rules) > 1 and all(rule[-1] == "scram-sha-256" for rule in rules[1:])
+        assert len(again.password) > 20 and stat.S_IMODE(again.password_file.stat().st_mode) == 0o600
+        assert not list(pg_data_dir.glob(".password*"))  # noqa: ASYNC240 - a test looking at a folder
         conn = await asyncpg.connect(again.dsn)
         await conn.close()
         with pytest.raises(asyncpg.InvalidPasswordError):
             await asyncpg.connect(f"postgresql://symbiote:wrong@127.0.0.1:{port}/symbiote")
+
+
+def test_only_a_server_spawned_from_the_main_thread_is_tied_to_its_parent() -> None:
+    """PR_SET_PDEATHSIG follows the thread that forked: a server spawned from a worker thread
+    would be stopped when that thread ends, so it is not armed there."""
+    import threading
+
+    from symbiote.bus.server import _signal_on_parent_death
+
+    assert _signal_on_parent_death(signal.SIGTERM) is not None
+    found: list[object] = []
+    worker = threading.Thread(target=lambda: found.append(_signal_on_parent_death(signal.SIGTERM)))
+    worker.start()
+    worker.join()
+    assert found == [None]
+
+
+async def test_sighup_stops_up_unless_it_was_started_under_nohup() -> None:
+    from symbiote.runtime import install_signal_handlers
+
+    loop = asyncio.get_running_loop()
+    before = signal.getsignal(signal.SIGHUP)
+    try:
+        for ignored in (True, False):
+            signal.signal(signal.SIGHUP, signal.SIG_IGN if ignored else signal.SIG_DFL)
+            stop = asyncio.Event()
+            install_signal_handlers(stop)
+            os.kill(os.getpid(), signal.SIGHUP)
+            await asyncio.sleep(0.2)
+            assert stop.is_set() is not ignored
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+    finally:
+        signal.signal(signal.SIGHUP, before)

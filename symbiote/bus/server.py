@@ -39,6 +39,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -118,8 +119,13 @@ def _signal_on_parent_death(sig: int) -> Callable[[], None] | None:
     """A ``preexec_fn`` that has the kernel send ``sig`` to the child when its parent dies
     (Linux ``PR_SET_PDEATHSIG``); None where that cannot be had.
 
+    The kernel's "parent" is the thread that forked: a server spawned from a worker thread would
+    be signalled when that thread ends, long before the process does. So only a spawn from the
+    main thread is armed; one from another thread goes without (it is still stopped in order).
     The libc function is looked up here, before the fork: the child only calls it.
     """
+    if threading.current_thread() is not threading.main_thread():
+        return None
     try:
         prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
     except (OSError, AttributeError):

@@ -249,19 +249,41 @@ class PostgresServer(ManagedServer):
     def password(self) -> str:
         """The superuser's password (made on first start; see the module doc)."""
         if self._password is None:
+            path = self.password_file
             try:
-                self._password = self.password_file.read_text().strip()
+                password = path.read_text().strip()
             except OSError as exc:
-                raise ConfigError("the PostgreSQL password is not there yet: start the server first") from exc
+                raise ConfigError(
+                    "cannot read the PostgreSQL password: the embedded server makes it when it first starts "
+                    "(if it has started before, the file was removed or cannot be read)",
+                    path=str(path),
+                    error=str(exc),
+                ) from exc
+            if not password:
+                raise ConfigError("the PostgreSQL password file is empty", path=str(path))
+            self._password = password
         return self._password
 
     def _make_password(self) -> str:
-        """Make the password file (0600) if there is none; return the password."""
+        """Make the password file (0600) if there is none; return the password. The file appears
+        whole or not at all (written aside, then linked into place: of two starts, one wins); an
+        empty one, left by a crash of an older version, is made again."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        path = self.password_file
+        with contextlib.suppress(FileNotFoundError):
+            if not path.read_text().strip():
+                path.unlink()
+        aside = path.with_name(f".password.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
             with os.fdopen(fd, "w") as out:
                 out.write(secrets.token_urlsafe(32) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, path)
+        finally:
+            aside.unlink(missing_ok=True)
         self._password = None
         return self.password
 
@@ -469,10 +491,17 @@ class PostgresServer(ManagedServer):
             await conn.execute("SET password_encryption = 'scram-sha-256'")
             await conn.execute(f"ALTER ROLE {_quote_ident(self.config.user)} PASSWORD {_quote_literal(password)}")
             lines = [
-                " ".join([*line.split()[:-1], "scram-sha-256"]) if not line.startswith("#") and line.split() else line
+                " ".join([*line.split()[:-1], "scram-sha-256"])
+                if not line.startswith("#") and line.split()[-1:] == ["trust"]
+                else line
                 for line in text.splitlines()
             ]
-            hba.write_text("\n".join(lines) + "\n")
+            aside = hba.with_name("pg_hba.conf.new")
+            aside.write_text("\n".join(lines) + "\n")
+            os.chmod(aside, stat.S_IMODE(hba.stat().st_mode))
+            if self._run_as is not None:
+                os.chown(aside, *self._run_as)
+            aside.replace(hba)
             await conn.execute("SELECT pg_reload_conf()")
         finally:
             await conn.close()
