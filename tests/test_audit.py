@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from symbiote.bootstrap import initialize, register_key, revoke_key
 from symbiote.bus.envelope import Envelope, make_event, peek_id
 from symbiote.bus.ids import derived_event_id, new_event_id, now_ms
-from symbiote.bus.stream import Bus
+from symbiote.bus.stream import Bus, subject_text
 from symbiote.cli import history
 from symbiote.dispatcher import Dispatcher, Executors
 from symbiote.home import DataDir
@@ -145,7 +145,8 @@ async def test_a_clean_log_with_checkpoints_passes(world: World, tmp_path: Path)
 
 async def test_a_subject_that_is_not_utf8_is_checkpointed_and_audited(world: World, tmp_path: Path) -> None:
     """Any client can store bytes that are not UTF-8 as a subject: every reader goes past it, the
-    checkpoints cover it (hashed as read, with ``\\xNN`` escapes) and the audit and its report hold."""
+    checkpoints cover it (hashed as read, with ``\\xNN`` escapes, marked as not UTF-8, so that it
+    can be told from a subject holding those characters) and the audit and its report hold."""
     w = world
     await w.send(w.text("before"))
     await publish_raw_subject(w.bus, b"sym.in.caf\xe9", w.text("after a bad subject").to_wire())
@@ -155,8 +156,14 @@ async def test_a_subject_that_is_not_utf8_is_checkpointed_and_audited(world: Wor
     report = await audit(w.bus, checkpoint_dir=w.home.checkpoints_dir)
     assert report.ok, report.findings
     write_html(report, tmp_path / "report.html")
-    msgs = [m async for m in w.bus.read()]
-    assert "sym.in.caf\\xe9" in [m.subject for m in msgs]
+    await publish_raw_subject(w.bus, b"sym.in.caf\\xe9", w.text("a backslash, x, e and 9").to_wire())
+    msgs = {m.seq: m.subject async for m in w.bus.read()}
+    bad = next(seq for seq, subject in msgs.items() if subject.startswith("sym.in.caf"))
+    literal = await w.bus.last_seq()
+    assert (msgs[bad], msgs[literal]) == ("sym.in.caf\\xe9 (not UTF-8)", "sym.in.caf\\xe9")
+    direct = await w.bus.get(bad)
+    assert direct is not None and direct.subject == msgs[bad]  # a direct get reads it the same
+    assert subject_text(b"a\\\xff") != subject_text(b"a\\xff\xff")  # backslashes are escaped too
 
 
 # -- tampering -----------------------------------------------------------------------------------

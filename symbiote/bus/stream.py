@@ -36,8 +36,10 @@ __all__ = [
     "Bus",
     "Delivery",
     "PullConsumer",
+    "NOT_UTF8",
     "StoredMsg",
     "redact_url",
+    "subject_text",
 ]
 
 DEFAULT_STREAM = "SYMBIOTE"
@@ -58,27 +60,57 @@ log = structlog.get_logger("symbiote.bus")
 _DIRECT_GETS = 64  # messages :meth:`Bus.history` fetches one by one before it reads the rest in bulk
 
 
+NOT_UTF8 = " (not UTF-8)"
+
+
+def subject_text(raw: bytes) -> str:
+    """A stored subject as text. UTF-8 reads as it is. Other bytes read as ``\\xNN`` escapes,
+    with every backslash doubled and :data:`NOT_UTF8` after them: a subject never holds a space,
+    so no two subjects read the same, and the hash of what is read names the bytes stored."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    out = []
+    for char in raw.decode("utf-8", "surrogateescape"):
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        else:
+            out.append("\\\\" if char == "\\" else char)
+    return "".join(out) + NOT_UTF8
+
+
 class _Client(Client):
     """nats-py's client, taking subjects that are not UTF-8.
 
     The server stores any bytes as a subject, and nats-py decodes every delivered subject
     strictly: one such message, published by anyone who can connect, raised in the client's
-    read loop at each delivery, so no reader of the log got past it. Here the bytes that are
-    not UTF-8 read as ``\\xNN`` escapes (and are hashed and shown so); every other subject
-    reads as before.
+    read loop at each delivery, so no reader of the log got past it. Here such a subject reads
+    as :func:`subject_text` makes it (and is hashed and shown so), in a delivery and in the
+    ``Nats-Subject`` header of a direct get alike; every other subject reads as before.
     """
 
     def _build_message(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: dict[str, str] | None
     ) -> Msg:
         return self.msg_class(
-            subject=subject.decode("utf-8", "backslashreplace"),
+            subject=subject_text(subject),
             reply=reply.decode("utf-8", "backslashreplace"),
             data=data,
             headers=headers,
             _client=self,
             _sid=sid,
         )
+
+    @staticmethod
+    def _parse_header_lines(raw: bytes) -> dict[str, str]:
+        headers: dict[str, str] = Client._parse_header_lines(raw)
+        for line in raw.split(b"\r\n"):
+            name, sep, value = line.partition(b":")
+            if sep and name.strip().lower() == b"nats-subject":
+                headers["Nats-Subject"] = subject_text(value.strip())
+        return headers
 
 
 class Delivery:
