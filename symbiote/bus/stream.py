@@ -33,10 +33,10 @@ from symbiote.lifecycle import cancel_and_wait
 
 __all__ = [
     "DEFAULT_STREAM",
+    "NOT_UTF8",
     "Bus",
     "Delivery",
     "PullConsumer",
-    "NOT_UTF8",
     "StoredMsg",
     "redact_url",
     "subject_text",
