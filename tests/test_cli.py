@@ -230,6 +230,29 @@ def test_the_readme_example_definition_loads(tmp_path: Path) -> None:
     assert definition.name == "disk.usage" and definition.executor == "shell" and definition.idempotent
 
 
+def test_a_definition_that_could_never_run_is_refused_before_it_is_signed(tmp_path: Path) -> None:
+    from symbiote.errors import ConfigError
+
+    head = 'name = "x"\ndescription = "x"\n'
+    cases = {
+        'executor = "bash"\n': "executor: 'bash' is none of shell, noop or builtin:<name>",
+        'executor = "shell"\n': "argv: a shell command needs one",
+        'executor = "builtin:echo"\nargv = ["ls"]\n': "argv, stdin: only a shell command has them",
+        'executor = "shell"\nargv = ["ls", "{path}"]\n': "'{path}' uses {path}, which args_schema.properties",
+        'executor = "shell"\nargv = ["sh", "-c", "echo ${HOME}"]\n': "uses {HOME}",
+        'executor = "shell"\nargv = ["echo", "{"]\n': "is not a valid template",
+    }
+    for body, words in cases.items():
+        (tmp_path / "x.toml").write_text(head + body)
+        with pytest.raises(ConfigError, match="invalid command definition") as info:
+            load_definition(tmp_path / "x.toml")
+        assert words in info.value.message, (body, info.value.message)
+    fine = 'executor = "shell"\nargv = ["echo", "{{literal}}", "{text}"]\nstdin = "{text}"\n'
+    schema = '[args_schema]\ntype = "object"\n[args_schema.properties.text]\ntype = "string"\n'
+    (tmp_path / "x.toml").write_text(head + fine + schema)
+    assert load_definition(tmp_path / "x.toml").argv == ["echo", "{{literal}}", "{text}"]
+
+
 def test_a_server_that_would_not_start_is_told_with_the_end_of_its_log(capsys: pytest.CaptureFixture[str]) -> None:
     from symbiote.cli.common import print_error
     from symbiote.errors import ServerStartError
@@ -265,3 +288,15 @@ async def test_events_shows_who_signed_a_registry_change_it_refused(world: World
     lines = captured.get().splitlines()
     assert f"✓ {world.agent.principal} refused: wrong_role" in lines[0]
     assert "✗ unknown_key" in lines[1] and "✓" not in lines[1]
+
+
+def test_a_result_that_says_nothing_is_told_in_words() -> None:
+    from symbiote.cli.common import _summary_text
+
+    def said(output: dict[str, object]) -> str:
+        return _summary_text("command.succeeded", {"exit_code": 0, "output": output})
+
+    assert said({"stdout": "hi\n"}) == "exit 0: 'hi'"
+    assert said({"stdout": "", "stderr": ""}) == "exit 0 (no output)"
+    assert said({"query": "rome", "hits": []}) == "exit 0: nothing related found in memory"
+    assert said({"hits": [{"text": "a flight to Rome"}]}) == "exit 0: '1 found: a flight to Rome'"

@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import nats
 import pytest
+from structlog.testing import capture_logs
 
 from symbiote.bus.server import NatsServer, NatsServerConfig
 from symbiote.bus.stream import Bus
@@ -163,8 +164,9 @@ async def test_nats_sync_always_can_be_turned_off(tmp_path: Path) -> None:
 async def test_nats_with_a_token_serves_only_its_holders(tmp_path: Path) -> None:
     async with NatsServer(NatsServerConfig(store_dir=tmp_path / "nats", token="s3cret")) as server:
         for token in (None, "wrong"):
-            with pytest.raises(BusError, match="refused"):
+            with capture_logs() as logged, pytest.raises(BusError, match="refused"):
                 await asyncio.wait_for(Bus.connect(server.url, token=token), 10)
+            assert [entry["event"] for entry in logged] == []  # said once, by the error, not logged per try
         assert server.config_path.stat().st_mode & 0o077 == 0  # the token is in it
         bus = await Bus.connect(server.url, token="s3cret")
         try:

@@ -165,9 +165,12 @@ class Bus:
         refused: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
 
         async def on_error(exc: Exception) -> None:
-            # nats-py retries a refused first connection forever: give up at once instead
-            if not nc.is_connected and "authorization" in str(exc).lower() and not refused.done():
-                refused.set_result(exc)
+            # nats-py retries a refused first connection forever: give up at once instead, and say
+            # so once, in the BusError below, rather than in a log line per attempt
+            if not nc.is_connected and "authorization" in str(exc).lower():
+                if not refused.done():
+                    refused.set_result(exc)
+                return
             await _log_error(exc)
 
         connecting = asyncio.create_task(

@@ -175,8 +175,13 @@ def _summary_text(kind: str, body: dict[str, Any]) -> str:
     if kind == "command.approval_requested":
         return f"needs {body.get('needs')} of {body.get('principals')}  →  symbiote approve {body.get('command_id')}"
     if kind in ("command.succeeded", "command.failed"):
-        text = output_said(_map(body, "output")) or ""
-        return f"exit {body.get('exit_code')}: {str(text).strip()[:200]!r}"
+        output = _map(body, "output")
+        text = str(output_said(output) or "").strip()
+        if text:
+            return f"exit {body.get('exit_code')}: {text[:200]!r}"
+        if output.get("hits") == []:  # memory.search
+            return f"exit {body.get('exit_code')}: nothing related found in memory"
+        return f"exit {body.get('exit_code')} (no output)"
     if kind == "command.started":
         return f"in {_map(body, 'sandbox').get('backend')}"
     if kind in ("key.registered", "key.revoked"):

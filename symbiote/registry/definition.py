@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import string
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +18,7 @@ __all__ = [
     "ApprovalPolicy",
     "CommandDefinition",
     "SandboxSpec",
+    "definition_problems",
     "load_definition",
     "validate_args",
     "validation_words",
@@ -124,14 +127,58 @@ def _validator(definition: CommandDefinition) -> jsonschema.Draft202012Validator
 
 
 def load_definition(path: Path) -> CommandDefinition:
-    """Read one command definition from a TOML file."""
+    """Read one command definition from a TOML file; one that could never run (see
+    :func:`definition_problems`) is refused here, before anyone signs it."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-        return CommandDefinition.model_validate(data)
+        definition = CommandDefinition.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"invalid command definition: {validation_words(exc)}", path=str(path)) from exc
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError("invalid command definition", path=str(path), error=str(exc)[:800]) from exc
+    problems = definition_problems(definition)
+    if problems:
+        raise ConfigError(f"invalid command definition: {'; '.join(problems)}", path=str(path))
+    return definition
+
+
+def definition_problems(definition: CommandDefinition) -> list[str]:
+    """What would make every run of ``definition`` fail: an executor that is none of ``shell``,
+    ``noop`` or ``builtin:<name>``; a shell command without ``argv``; templates on a command that
+    is not a shell command; a template field (``{name}``, ``{name*}``) its ``args_schema`` does
+    not define (literal braces are written ``{{`` and ``}}``)."""
+    problems: list[str] = []
+    executor = definition.executor
+    if executor not in ("shell", "noop") and not (executor.startswith("builtin:") and executor != "builtin:"):
+        problems.append(f"executor: {executor!r} is none of shell, noop or builtin:<name>")
+    templates = [*definition.argv, *([definition.stdin] if definition.stdin is not None else [])]
+    if executor == "shell" and not definition.argv:
+        problems.append("argv: a shell command needs one (the program and its arguments)")
+    elif executor != "shell" and templates:
+        problems.append(f"argv, stdin: only a shell command has them, not {executor}")
+    properties = definition.args_schema.get("properties")
+    known = set(properties) if isinstance(properties, dict) else set()
+    for template in templates:
+        try:
+            fields = _template_fields(template)
+        except ValueError as exc:
+            problems.append(f"{template!r} is not a valid template ({exc}): write a literal brace as {{{{ or }}}}")
+            continue
+        for name in fields:
+            if name not in known:
+                problems.append(f"{template!r} uses {{{name}}}, which args_schema.properties does not define")
+    return problems
+
+
+def _template_fields(template: str) -> list[str]:
+    """The argument names a template uses (``{name*}`` alone splices a list)."""
+    if template.startswith("{") and template.endswith("*}"):
+        return [template[1:-2]]
+    found = []
+    for _, name, _, _ in string.Formatter().parse(template):
+        if name is not None:
+            found.append(re.split(r"[.\[]", name, maxsplit=1)[0])
+    return found
 
 
 def validation_words(exc: ValidationError) -> str:
