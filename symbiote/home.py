@@ -71,7 +71,10 @@ class DataDir:
         NATS on it): two servers on one store would corrupt it. The lock goes with the process
         (``flock``), so a process that died holds nothing. Raises :class:`ConfigError` naming the
         holder when another process has it."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            self.root.mkdir()
+            os.chmod(self.root, 0o700)  # made here: the owner's alone, whatever the umask
         fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:

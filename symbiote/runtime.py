@@ -198,6 +198,8 @@ class Runtime:
             done, _ = await asyncio.wait([waiting, *services, *servers], return_when=asyncio.FIRST_COMPLETED)
         finally:
             await cancel_and_wait([waiting, *servers])
+        if waiting in done:
+            return  # asked to stop: a server that stopped with it (one signal to the whole group) is no crash
         for server in servers:
             if server in done:
                 exited = server.result()

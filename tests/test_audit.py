@@ -679,12 +679,28 @@ async def test_copied_and_wrongly_signed_decisions_do_not_count_as_runs(world: W
     forged_seq = await w.send(w.sign(w.agent, "command.succeeded", body, corr=risky.corr, cause=risky.id))
     await w.send(w.runtime_event("command.started", lost, sandbox={"backend": "inprocess"}))
     await w.send(w.runtime_event("command.denied", lost, reason="outcome_unknown", detail="the runtime stopped"))
+    await w.send(w.approval(echo))  # signed by the user, as it says; an echo needs none: it does not count
+    success = w.runtime_event("command.succeeded", risky, exit_code=0, output={"text": ""}, duration_ms=1)
+    success_seq = await w.send(success)  # the runtime's, yet after no start of its own
 
     report = await audit(w.bus, checkpoint_dir=None)
     found = {(f.seq, f.kind) for f in report.findings}
     assert (copy_seq, "replayed") in found and (forged_seq, "wrong_role") in found, report.findings
-    assert not [f for f in report.findings if f.kind == "policy"], report.findings
+    policy = [(f.seq, f.message) for f in report.findings if f.kind == "policy"]
+    assert policy == [(success_seq, f"command {risky.id} has an outcome (command.succeeded) but was never started")]
     assert report.commands_executed == 2
     runs = {run.command_id: run.outcome for run in report.executions}
     assert runs == {echo.id: None, lost.id: "unknown (its result was lost)"}
     assert report.refusals == []
+
+    story = await why(w.bus, risky.id)  # why reads the command's events the same way
+    assert not story.ran and story.problems == [] and not story.chain_ok
+    notes = [s.text for s in story.steps if s.kind == "note"]
+    assert notes == [
+        f"command.started that does not count: a copy of a decision about command {echo.id}",
+        f"command.succeeded that does not count: signed by {w.agent.principal}, not by the runtime",
+    ], story.steps
+    echoed = await why(w.bus, echo.id)
+    approval = next(s for s in echoed.steps if s.kind == "approval")
+    assert not approval.ok and "did not count" in approval.text
+    assert echoed.chain_ok and echoed.as_map()["chain_ok"] is True  # valid, though it did not count

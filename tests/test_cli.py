@@ -236,7 +236,7 @@ def test_a_definition_that_could_never_run_is_refused_before_it_is_signed(tmp_pa
     head = 'name = "x"\ndescription = "x"\n'
     cases = {
         'executor = "bash"\n': "executor: 'bash' is none of shell, noop or builtin:<name>",
-        'executor = "shell"\n': "argv: a shell command needs one",
+        'executor = "shell"\n': "argv: a shell command without one runs args.argv, which args_schema",
         'executor = "builtin:echo"\nargv = ["ls"]\n': "argv, stdin: only a shell command has them",
         'executor = "shell"\nargv = ["ls", "{path}"]\n': "'{path}' uses {path}, which args_schema.properties",
         'executor = "shell"\nargv = ["sh", "-c", "echo ${HOME}"]\n': "uses {HOME}",
@@ -251,6 +251,9 @@ def test_a_definition_that_could_never_run_is_refused_before_it_is_signed(tmp_pa
     schema = '[args_schema]\ntype = "object"\n[args_schema.properties.text]\ntype = "string"\n'
     (tmp_path / "x.toml").write_text(head + fine + schema)
     assert load_definition(tmp_path / "x.toml").argv == ["echo", "{{literal}}", "{text}"]
+    runs_argv = '[args_schema]\ntype = "object"\n[args_schema.properties.argv]\ntype = "array"\n'
+    (tmp_path / "x.toml").write_text(head + 'executor = "shell"\n' + runs_argv)
+    assert load_definition(tmp_path / "x.toml").argv == []  # it runs args.argv
 
 
 def test_a_server_that_would_not_start_is_told_with_the_end_of_its_log(capsys: pytest.CaptureFixture[str]) -> None:

@@ -481,6 +481,7 @@ async def test_a_second_runtime_on_the_same_data_dir_is_refused(nats_url: str, t
     home = DataDir(tmp_path / "home")
     options = RuntimeOptions(nats_url=nats_url, postgres=False, api=False)
     async with Runtime(home, options):
+        assert stat.S_IMODE(home.root.stat().st_mode) == 0o700  # made by up: the owner's alone
         written = home.runtime_file.read_text()
         home.root.chmod(0o711)  # as the embedded PostgreSQL's own user needs it, when root runs it
         with pytest.raises(ConfigError, match=rf"in use by symbiote up \(pid {os.getpid()}\)"):
@@ -533,5 +534,14 @@ async def test_the_runtime_stops_when_an_embedded_server_dies(tmp_path: Path) ->
 
     with pytest.raises(ServerExitedError) as info:
         await run_and_kill()
+
+    async with Runtime(DataDir(tmp_path / "home"), RuntimeOptions(postgres=False, api=False)) as runtime:
+        (nats,) = runtime.servers
+        assert nats.pid is not None
+        os.kill(nats.pid, signal.SIGTERM)  # as a stop signal sent to the whole group reaches it too
+        await asyncio.wait_for(nats.exited(), 10)
+        stop = asyncio.Event()
+        stop.set()
+        await asyncio.wait_for(runtime.serve_until(stop), 10)  # asked to stop: no crash to report
     assert info.value.message == "nats-server stopped by itself (exit status -9)"
     assert "starting nats-server" in info.value.fields["log"]

@@ -512,7 +512,8 @@ async def test_pg_a_cluster_made_with_trust_gets_a_password(pg_data_dir: Path) -
         port = server.port
     hba = pg_data_dir / "pgdata" / "pg_hba.conf"
     refuse = "host all nobody 127.0.0.1/32 reject"  # the operator's own rule: it stays as it is
-    hba.write_text(refuse + "\n" + hba.read_text().replace("scram-sha-256", "trust"))
+    commented = "host all all 10.0.0.0/8 trust # the lab"  # a comment after the method hides nothing
+    hba.write_text(refuse + "\n" + commented + "\n" + hba.read_text().replace("scram-sha-256", "trust"))
     server.password_file.write_text("")  # as a crash while it was written would leave it
     async with PostgresServer(PostgresServerConfig(data_dir=pg_data_dir, port=port)) as again:
         rules = [line.split() for line in hba.read_text().splitlines() if line.strip() and not line.startswith("#")]

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import nats
@@ -167,7 +167,7 @@ class Bus:
         async def on_error(exc: Exception) -> None:
             # nats-py retries a refused first connection forever: give up at once instead, and say
             # so once, in the BusError below, rather than in a log line per attempt
-            if not nc.is_connected and "authorization" in str(exc).lower():
+            if not nc.is_connected and (refused.done() or "authorization" in str(exc).lower()):
                 if not refused.done():
                     refused.set_result(exc)
                 return
@@ -212,10 +212,11 @@ class Bus:
         went away) is closed without draining, and what its socket says on the way is dropped."""
         if self.nc.is_closed:
             return
-        with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError, OSError):
-            if self.nc.is_connected:
+        if self.nc.is_connected:
+            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError, OSError):
                 await asyncio.wait_for(self.nc.drain(), 5)
-            if not self.nc.is_closed:
+        if not self.nc.is_closed:
+            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError, OSError):
                 await self.nc.close()
 
     async def __aenter__(self) -> Bus:
@@ -487,8 +488,13 @@ class PullConsumer:
         while not self._stop.is_set():
             sub: JetStreamContext.PullSubscription | None = None
             try:
-                await self.ensure()
-                sub = await self.bus.js.pull_subscribe_bind(self.durable, stream=self.bus.stream)
+                # binding waits on NATS (minutes of retries while it is away): a stop does not wait for it
+                try:
+                    await _unless_stopped(self._stop, self.ensure())
+                    binding = self.bus.js.pull_subscribe_bind(self.durable, stream=self.bus.stream)
+                    sub = await _unless_stopped(self._stop, binding)
+                except _Stopped:
+                    break
                 backoff = 0.1
                 while not self._stop.is_set():
                     try:
@@ -514,6 +520,23 @@ class PullConsumer:
     def shutdown(self) -> None:
         """Ask ``run()`` to return after the batch in hand; idempotent."""
         self._stop.set()
+
+
+class _Stopped(Exception):
+    """:func:`_unless_stopped` gave up: the stop was asked for first."""
+
+
+async def _unless_stopped(stop: asyncio.Event, call: Coroutine[Any, Any, T]) -> T:
+    """Await ``call`` unless ``stop`` is set first: then cancel it and raise :class:`_Stopped`."""
+    task = asyncio.ensure_future(call)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_and_wait([stopping] if task.done() else [task, stopping])
+    if task.cancelled():
+        raise _Stopped
+    return task.result()
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -79,7 +79,8 @@ def _row(state: RegistryState, msg: StoredMsg) -> EventRow:
         return EventRow(msg.seq, msg.subject, None, [], f"undecodable: {exc}")
     if event.type in REGISTRY_TYPES:
         verdict = state.apply(event, msg.seq)
-        # a change whose every signature holds, yet refused (wrong role, a replay): who signed it shows
+        # a change whose every signature holds, yet refused (signed by a key of the wrong role, a
+        # definition that does not fit): who signed it shows
         signed = bool(verdict.checks) and all(check.ok for check in verdict.checks)
     else:
         verdict = state.keyring.verify(event, msg.seq)

@@ -19,7 +19,7 @@ import structlog
 
 from symbiote.bus.canonical import canon
 from symbiote.errors import DecodeError, SandboxError, SandboxUnavailable
-from symbiote.registry.definition import CommandDefinition, SandboxSpec
+from symbiote.registry.definition import SHELL_DEFAULT_ARGV, CommandDefinition, SandboxSpec
 from symbiote.sandbox import BubblewrapSandbox, Sandbox, SandboxProfile, Workspaces
 
 __all__ = ["BUILTINS", "OUTPUT_BUDGET", "Builtin", "Executors", "Outcome", "fit_output", "render_template"]
@@ -188,7 +188,7 @@ class Executors:
     async def _shell(
         self, command_id: str, definition: CommandDefinition, args: dict[str, Any], started: float
     ) -> Outcome:
-        argv = render_template(definition.argv or ["{argv*}"], args)
+        argv = render_template(definition.argv or SHELL_DEFAULT_ARGV, args)
         stdin = _fill(definition.stdin, args).encode() if definition.stdin is not None else None
         profile = profile_of(definition.sandbox)
         workspace = self.workspaces.for_command(command_id)

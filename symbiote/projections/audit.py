@@ -55,7 +55,7 @@ from symbiote.projections.verify import (
     reading,
     verdict_at,
 )
-from symbiote.registry.policy import RUNTIME_DECISIONS, CommandLife, check_proposal, fold_command
+from symbiote.registry.policy import RUNTIME_DECISIONS, CommandLife, check_proposal, decision_problem, fold_command
 from symbiote.registry.state import REGISTRY_TYPES, RegistryState
 from symbiote.signers.keyring import Verdict
 
@@ -478,9 +478,7 @@ class _Auditor:
             self._executed(cid, life, event, seq, not problems)
         elif event.type in ("command.succeeded", "command.failed") and cid in self.executions:
             self.executions[cid].outcome = event.type.rsplit(".", 1)[1]
-        elif event.type in ("command.succeeded", "command.failed") and not any(
-            e.type == "command.started" for _, e in before
-        ):
+        elif event.type in ("command.succeeded", "command.failed") and not fold_command(cid, before, self.state).starts:
             self.add(
                 Finding(
                     seq,
@@ -875,6 +873,12 @@ class Step:
     text: str
     ok: bool = True
     details: dict[str, Any] = field(default_factory=dict)
+    signed: bool | None = None  # where ``ok`` says more (an approval that did not count): signed as it says
+
+    @property
+    def holds(self) -> bool:
+        """The step is in the log and signed as it says (what :attr:`CommandStory.chain_ok` asks)."""
+        return self.ok if self.signed is None else self.signed
 
     def as_map(self) -> dict[str, Any]:
         return {
@@ -884,6 +888,7 @@ class Step:
             "who": self.who,
             "text": self.text,
             "ok": self.ok,
+            "holds": self.holds,
             "details": jsonable(self.details),
         }
 
@@ -909,7 +914,7 @@ class CommandStory:
     def chain_ok(self) -> bool:
         """Every step holds: each is in the log and signed as it says (a request that is gone, or
         a forged step, makes this false even where the policy was kept)."""
-        return all(step.ok for step in self.steps)
+        return all(step.holds for step in self.steps)
 
     def as_map(self) -> dict[str, Any]:
         return {
@@ -1039,7 +1044,7 @@ async def why(bus: Bus, command_id: str) -> CommandStory:
     for seq, event in events:
         story.steps.append(_step(state, life, command_id, seq, event, events))
     for seq, event in events:
-        if event.type == "command.started":
+        if event.type == "command.started" and decision_problem(state, command_id, event, seq) is None:
             before = [(s, e) for s, e in events if s < seq]
             story.problems.extend(f"seq {seq}: {p}" for p in judge_execution(state, command_id, before, event, seq))
     return story
@@ -1058,6 +1063,12 @@ def _step(
     body = event.body
     kind = event.type.rsplit(".", 1)[1]
     who = event.actor
+    # a decision whose signature holds, yet which is not this command's (another key, another
+    # command's copied here) is shown and marked, not told as a step; one whose signature fails is
+    # told as it says, marked ✗
+    problem = decision_problem(state, command_id, event, seq) if signed and event.type in RUNTIME_DECISIONS else None
+    if problem is not None:
+        return Step("note", seq, event.at, who, f"{event.type} that does not count: {problem}", False, {})
     if event.type == "command.proposed":
         text = (
             f"{who} proposed {body.get('command')} {json.dumps(jsonable(body.get('args')), ensure_ascii=False)} "
@@ -1075,7 +1086,8 @@ def _step(
         counted = counted and event.id in life.approval_ids
         verb = "approved" if event.type == "command.approved" else "rejected"
         text = f"{who} {verb}" + ("" if counted else " (did not count)")
-        return Step("approval" if verb == "approved" else "rejection", seq, event.at, who, text, signed and counted, {})
+        kind = "approval" if verb == "approved" else "rejection"
+        return Step(kind, seq, event.at, who, text, signed and counted, {}, signed=signed)
     if event.type == "command.started":
         sandbox = body.get("sandbox") if isinstance(body.get("sandbox"), dict) else {}
         assert isinstance(sandbox, dict)

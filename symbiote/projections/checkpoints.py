@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -161,7 +162,9 @@ def write_checkpoint_file(directory: Path, record: CheckpointRecord) -> Path:
         if path.read_bytes() == data:
             return path
         raise StoreError("a different checkpoint file already exists", path=str(path))
-    tmp = path.with_name(path.name + ".tmp")
+    # a name of this writer's own: a write cut short by a cancellation may still be running in its
+    # thread when the next one writes the same record
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.write(fd, data)

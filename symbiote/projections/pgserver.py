@@ -483,7 +483,11 @@ class PostgresServer(ManagedServer):
         password, and make every connection use it from now on."""
         hba = self.pgdata / "pg_hba.conf"
         text = hba.read_text()
-        if not any(line.split()[-1:] == ["trust"] for line in text.splitlines() if not line.startswith("#")):
+
+        def trusts(line: str) -> bool:  # the method is a rule's last field, before any comment
+            return line.split("#", 1)[0].split()[-1:] == ["trust"]
+
+        if not any(trusts(line) for line in text.splitlines()):
             return
         password = self._make_password()
         conn = await asyncpg.connect(host=_HOST, port=self.port, user=self.config.user, database="postgres")
@@ -491,9 +495,7 @@ class PostgresServer(ManagedServer):
             await conn.execute("SET password_encryption = 'scram-sha-256'")
             await conn.execute(f"ALTER ROLE {_quote_ident(self.config.user)} PASSWORD {_quote_literal(password)}")
             lines = [
-                " ".join([*line.split()[:-1], "scram-sha-256"])
-                if not line.startswith("#") and line.split()[-1:] == ["trust"]
-                else line
+                " ".join([*line.split("#", 1)[0].split()[:-1], "scram-sha-256"]) if trusts(line) else line
                 for line in text.splitlines()
             ]
             aside = hba.with_name("pg_hba.conf.new")

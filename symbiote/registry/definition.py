@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from symbiote.errors import ConfigError
 
 __all__ = [
+    "SHELL_DEFAULT_ARGV",
     "ApprovalPolicy",
     "CommandDefinition",
     "SandboxSpec",
@@ -142,22 +143,32 @@ def load_definition(path: Path) -> CommandDefinition:
     return definition
 
 
+SHELL_DEFAULT_ARGV = ["{argv*}"]  # what a shell command without an argv template runs
+
+
 def definition_problems(definition: CommandDefinition) -> list[str]:
     """What would make every run of ``definition`` fail: an executor that is none of ``shell``,
-    ``noop`` or ``builtin:<name>``; a shell command without ``argv``; templates on a command that
+    ``noop`` or ``builtin:<name>``; a shell command without ``argv`` whose schema has no ``argv``
+    list to run instead; templates on a command that
     is not a shell command; a template field (``{name}``, ``{name*}``) its ``args_schema`` does
     not define (literal braces are written ``{{`` and ``}}``)."""
     problems: list[str] = []
     executor = definition.executor
     if executor not in ("shell", "noop") and not (executor.startswith("builtin:") and executor != "builtin:"):
         problems.append(f"executor: {executor!r} is none of shell, noop or builtin:<name>")
-    templates = [*definition.argv, *([definition.stdin] if definition.stdin is not None else [])]
-    if executor == "shell" and not definition.argv:
-        problems.append("argv: a shell command needs one (the program and its arguments)")
-    elif executor != "shell" and templates:
+    stdin = [definition.stdin] if definition.stdin is not None else []
+    templates = [*definition.argv, *stdin]
+    if executor != "shell" and templates:
         problems.append(f"argv, stdin: only a shell command has them, not {executor}")
     properties = definition.args_schema.get("properties")
     known = set(properties) if isinstance(properties, dict) else set()
+    if executor == "shell" and not definition.argv:  # then the program and its arguments are args.argv
+        templates = [SHELL_DEFAULT_ARGV[0], *stdin]
+        if "argv" not in known:
+            problems.append(
+                "argv: a shell command without one runs args.argv, which args_schema.properties does not define"
+            )
+            templates = stdin
     for template in templates:
         try:
             fields = _template_fields(template)

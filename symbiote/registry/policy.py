@@ -22,6 +22,7 @@ __all__ = [
     "Denial",
     "check_approval",
     "check_proposal",
+    "decision_problem",
     "eligible_approvers",
     "fold_command",
     "fold_event",
@@ -167,6 +168,21 @@ def _by_runtime(state: RegistryState, event: Envelope, seq: int) -> bool:
     """True if ``event`` is signed, as its actor, only by runtime keys valid at ``seq``."""
     verdict = state.keyring.verify(event, seq)
     return verdict.ok and event.actor_role == "runtime" and all(c.role == "runtime" for c in verdict.checks)
+
+
+def decision_problem(state: RegistryState, command_id: str, event: Envelope, seq: int) -> str | None:
+    """Why a runtime decision (request, start, outcome, denial) found among ``command_id``'s events
+    does not count for it, in words; None when it counts (signed by the runtime alone, as its
+    actor, and about this very command)."""
+    named = event.body.get("command_id")
+    if named != command_id:
+        return f"a copy of a decision about command {named}"
+    if not _by_runtime(state, event, seq):
+        verdict = state.keyring.verify(event, seq)
+        if not verdict.ok:
+            return f"its signature does not hold ({verdict.reason})"
+        return f"signed by {', '.join(verdict.principals) or 'nobody'}, not by the runtime"
+    return None
 
 
 def signed_late(life: CommandLife, event: Envelope) -> bool:
