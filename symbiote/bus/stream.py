@@ -106,6 +106,8 @@ class _Client(Client):
     @staticmethod
     def _parse_header_lines(raw: bytes) -> dict[str, str]:
         headers: dict[str, str] = Client._parse_header_lines(raw)
+        if b"ats-Subject" not in raw and b"ats-subject" not in raw:
+            return headers  # every delivery but a direct get's: nothing more to do
         for line in raw.split(b"\r\n"):
             name, sep, value = line.partition(b":")
             if sep and name.strip().lower() == b"nats-subject":
