@@ -303,3 +303,30 @@ def test_a_result_that_says_nothing_is_told_in_words() -> None:
     assert said({"stdout": "", "stderr": ""}) == "exit 0 (no output)"
     assert said({"query": "rome", "hits": []}) == "exit 0: nothing related found in memory"
     assert said({"hits": [{"text": "a flight to Rome"}]}) == "exit 0: '1 found: a flight to Rome'"
+
+
+def test_say_refuses_a_request_that_says_nothing_or_too_much(tmp_path: Path) -> None:
+    cli(tmp_path, "init")
+    blank = cli(tmp_path, "say", "  ", check=False)
+    assert blank.returncode == 2 and "the request says nothing: nothing was sent" in blank.stderr
+    long = cli(tmp_path, "say", "x" * 8001, check=False)
+    assert long.returncode == 1 and "text: String should have at most 8000 characters" in long.stderr, long.stderr
+    assert "pydantic" not in long.stderr
+
+
+async def test_a_request_with_a_body_its_readers_refuse_is_shown_so(world: World) -> None:
+    """An empty request, signed and published by some other client: `events` shows who signed it
+    and that its body is refused, as the projection does; `why` says it led to nothing."""
+    from symbiote.bus.envelope import make_event
+    from symbiote.cli.chain import rows
+    from symbiote.projections import why
+    from symbiote.signers.keys import sign_event
+
+    empty = sign_event(make_event("input.text", world.user.principal, {"text": ""}), world.user)
+    seq = (await world.bus.publish(empty)).seq
+    (row,) = [row async for row in rows(world.bus) if row.seq == seq]
+    assert row.verified == [world.user.principal]
+    assert row.problem == "invalid body: event body invalid: text: String should have at least 1 character"
+    story = await why(world.bus, empty.id)
+    assert not story.found and story.request_seq == seq
+    assert story.lines() == [f"The request {empty.id} (seq {seq}) led to nothing: the agent made no command of it."]

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from symbiote.bus.envelope import Envelope
 from symbiote.bus.ids import is_event_id
 from symbiote.errors import DecodeError
+from symbiote.validation import validation_words
 
 __all__ = [
     "BODY_TYPES",
@@ -33,6 +34,7 @@ __all__ = [
     "KeyRegistered",
     "KeyRevoked",
     "PolicySet",
+    "body_problem",
     "parse_body",
     "parse_body_of",
     "subject_for",
@@ -243,8 +245,20 @@ def parse_body_of(type_: str, body: dict[str, Any], event_id: str | None = None)
         raise DecodeError("unknown event type", event_id=event_id, type=type_)
     try:
         return cls.model_validate(body)
-    except (ValidationError, ValueError) as exc:
+    except ValidationError as exc:
+        words = validation_words(exc, whole="the body")[:300]
+        raise DecodeError("event body invalid", event_id=event_id, type=type_, error=words) from exc
+    except ValueError as exc:
         raise DecodeError("event body invalid", event_id=event_id, type=type_, error=str(exc)[:300]) from exc
+
+
+def body_problem(type_: str, body: dict[str, Any], event_id: str | None = None) -> str | None:
+    """Why a body does not fit its type, in words (``invalid body: …``); None when it fits."""
+    try:
+        parse_body_of(type_, body, event_id)
+    except DecodeError as exc:
+        return f"invalid body: {exc.message}: {exc.fields.get('error', '')}"[:500]
+    return None
 
 
 def subject_for(event: Envelope) -> str:

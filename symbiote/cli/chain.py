@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from symbiote.bus.envelope import Envelope, from_wire
+from symbiote.bus.events import body_problem
 from symbiote.bus.stream import Bus, StoredMsg
 from symbiote.errors import DecodeError
 from symbiote.projections.jsontext import jsonable
@@ -86,6 +87,8 @@ def _row(state: RegistryState, msg: StoredMsg) -> EventRow:
         verdict = state.keyring.verify(event, msg.seq)
         signed = verdict.ok
     problem = None if verdict.ok else f"{verdict.reason}: {verdict.detail}"
+    if problem is None:  # signed as it says, yet a body every reader refuses: shown as refused
+        problem = body_problem(event.type, event.body, event.id)
     return EventRow(msg.seq, msg.subject, event, verdict.principals if signed else [], problem)
 
 

@@ -178,7 +178,7 @@ def why_command(
                 raise typer.Exit(1)
             return
         if not story.found:
-            console.print(f"[red]no command, nor a request that led to one, has the id {plain(command_id)}[/red]")
+            console.print(f"[red]{plain(story.not_found_words())}[/red]", soft_wrap=True)
             raise typer.Exit(1)
         command, state = plain(story.command or "?"), plain(story.state)
         if story.request_id is not None:

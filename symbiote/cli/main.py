@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 from symbiote.api.pairing import valid_name
 from symbiote.bootstrap import define_command, initialize, register_key, revoke_key
 from symbiote.bus.envelope import make_event
+from symbiote.bus.events import parse_body
 from symbiote.bus.stream import Bus, redact_url
 from symbiote.cli.chain import EventRow, follow_chain, rows
 from symbiote.cli.common import (
@@ -259,16 +260,20 @@ def say(
     if (text is None) == (audio is None):
         err.print("[red]error:[/red] give either TEXT or --audio FILE")
         raise typer.Exit(2)
+    if text is not None and not text.strip():
+        err.print("[red]error:[/red] the request says nothing: nothing was sent")
+        raise typer.Exit(2)
 
     async def go() -> None:
-        async with _bus(home, nats_url) as bus:
-            user = home.load_key("user")
-            if audio is not None:
-                from symbiote.agents.voice import voice_event  # the speech stack loads only when used
+        user = home.load_key("user")
+        if audio is not None:
+            from symbiote.agents.voice import voice_event  # the speech stack loads only when used
 
-                event = voice_event(await _transcribe(audio, as_json), user)
-            else:
-                event = sign_event(make_event("input.text", user.principal, {"text": text}), user)
+            event = voice_event(await _transcribe(audio, as_json), user)
+        else:
+            event = sign_event(make_event("input.text", user.principal, {"text": text}), user)
+        parse_body(event)  # a request its readers would refuse (too long, say) is not sent
+        async with _bus(home, nats_url) as bus:
             ack = await bus.publish(event)
             if as_json:
                 print(json.dumps({"id": event.id, "seq": ack.seq, "type": event.type}), flush=True)

@@ -904,6 +904,7 @@ class CommandStory:
     steps: list[Step] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     request_id: str | None = None  # asked by the id of the request: the command the agent made of it
+    request_seq: int | None = None  # a request found in the log that nothing was made of (not found)
 
     @property
     def ran(self) -> bool:
@@ -920,6 +921,7 @@ class CommandStory:
         return {
             "command_id": self.command_id,
             "request_id": self.request_id,
+            "request_seq": self.request_seq,
             "found": self.found,
             "state": self.state,
             "command": self.command,
@@ -930,10 +932,16 @@ class CommandStory:
             "steps": [s.as_map() for s in self.steps],
         }
 
+    def not_found_words(self) -> str:
+        """What the log holds under this id when no command does."""
+        if self.request_seq is not None:
+            return f"The request {self.request_id} (seq {self.request_seq}) led to nothing: the agent made no command of it."
+        return f"No command, nor a request that led to one, has the id {self.command_id}."
+
     def lines(self) -> list[str]:
         """The story as plain sentences, one per step."""
         if not self.found:
-            return [f"No command {self.command_id} in the log."]
+            return [self.not_found_words()]
         out = [f"Command {self.command_id} ({self.command or '?'}): {self.state}"]
         for step in self.steps:
             where = f"seq {step.seq}" if step.seq is not None else "—"
@@ -994,6 +1002,9 @@ async def why(bus: Bus, command_id: str) -> CommandStory:
                 story = await why(bus, derived)
                 story.request_id = command_id
                 return story
+        request = await find_input(bus, command_id, await bus.last_seq() + 1)
+        if request is not None:  # a request nothing came of (yet): say so, not "no such id"
+            story.request_id, story.request_seq = command_id, request[0]
         return story
     story.found = True
     last = msgs[-1].seq

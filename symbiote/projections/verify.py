@@ -34,7 +34,7 @@ import numpy as np
 import structlog
 
 from symbiote.bus.envelope import Envelope, check_wire, envelope_of, from_accepted_wire, peek_id
-from symbiote.bus.events import parse_body_of
+from symbiote.bus.events import body_problem
 from symbiote.bus.stream import Bus, StoredMsg
 from symbiote.embeddings import load_embedder
 from symbiote.errors import DecodeError
@@ -118,12 +118,8 @@ def _examine(data: bytes) -> tuple[dict[str, Any] | None, bytes, _Checked]:
         text = f"{exc.message}: {detail}" if detail else exc.message
         return None, b"", (text[:500], [], None, None, raw_sha256)
     sig_ok = [verify_sig(sig["kid"], sig["sig"], message) for sig in raw["sigs"]]
-    try:
-        parse_body_of(raw["type"], raw["body"], raw["id"])
-        body_problem = None
-    except DecodeError as exc:
-        body_problem = f"invalid body: {exc.message}: {exc.fields.get('error', '')}"[:500]
-    return raw, message, (None, sig_ok, body_problem, json_text(raw["body"]), raw_sha256)
+    problem = body_problem(raw["type"], raw["body"], raw["id"])
+    return raw, message, (None, sig_ok, problem, json_text(raw["body"]), raw_sha256)
 
 
 def _examine_chunk(chunk: list[bytes]) -> list[_Checked]:

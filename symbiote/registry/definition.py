@@ -13,6 +13,7 @@ import referencing.exceptions
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from symbiote.errors import ConfigError
+from symbiote.validation import validation_words
 
 __all__ = [
     "SHELL_DEFAULT_ARGV",
@@ -190,13 +191,3 @@ def _template_fields(template: str) -> list[str]:
         if name is not None:
             found.append(re.split(r"[.\[]", name, maxsplit=1)[0])
     return found
-
-
-def validation_words(exc: ValidationError) -> str:
-    """A pydantic error for people: ``field: what is wrong`` for each, without pydantic's links."""
-    parts = []
-    for error in exc.errors(include_url=False)[:10]:
-        where = ".".join(str(part) for part in error["loc"]) or "(the file)"
-        parts.append(f"{where}: {'missing' if error['type'] == 'missing' else error['msg']}")
-    more = exc.error_count() - len(parts)
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
