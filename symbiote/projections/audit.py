@@ -935,7 +935,8 @@ class CommandStory:
     def not_found_words(self) -> str:
         """What the log holds under this id when no command does."""
         if self.request_seq is not None:
-            return f"The request {self.request_id} (seq {self.request_seq}) led to nothing: the agent made no command of it."
+            where = f"The request {self.request_id} (seq {self.request_seq})"
+            return f"{where} led to nothing: the agent made no command of it."
         return f"No command, nor a request that led to one, has the id {self.command_id}."
 
     def lines(self) -> list[str]:
