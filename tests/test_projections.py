@@ -581,6 +581,11 @@ async def test_memory_search_finds_the_relevant_past_input_first(actors: Actors,
         assert "search my memory for the garden" not in [hit["text"] for hit in out["hits"]]
         assert len(out["hits"]) == 1, out  # the other texts are not about the garden
         assert (await search({"query": "recall quantum chromodynamics on a lattice"}))["hits"] == []
+        asked = "send the quarterly tax documents to the accountant"  # a past request, word for word
+        out = await search({"query": asked})
+        assert out["hits"][0]["text"] == asked and out["hits"][0]["score"] > 0.99
+        out = await search({"query": f"search my memory for {asked}"})
+        assert out["query"] == asked and out["hits"][0]["text"] == asked
         recalled = await store.recall("the dentist appointment moved to tuesday at nine")
         assert "the dentist appointment moved to tuesday at nine" not in recalled
         assert not any("stranger" in t for t in recalled)

@@ -48,10 +48,11 @@ class MemoryHit:
         return {"seq": self.seq, "text": self.text, "at": self.at, "score": round(self.score, 6)}
 
 
-def _asks_for(text: str, raw: str, query: str) -> bool:
-    """Whether a remembered input is this very request ("search my memory for X" asking for X)."""
+def _asks_for(text: str, query: str) -> bool:
+    """Whether a remembered input is this very request: a memory request ("search my memory for
+    X") asking for the same X. A past request that says X itself is an answer, not the question."""
     said = text.strip()
-    return said == raw.strip() or (starts_with_trigger("memory.search", said) and clean_query(said) == query)
+    return starts_with_trigger("memory.search", said) and clean_query(said) == query
 
 
 def clean_query(text: str) -> str:
@@ -152,7 +153,7 @@ def memory_search_builtin(
     """The in-process executor of ``memory.search``: args ``{"query", "k"?}`` → ``{"hits": [...]}``.
 
     The query is stripped of request words ("search my memory for …", "recall …"), the request
-    itself (a remembered input with exactly the query's text) is left out, and so is every text
+    itself (a remembered memory request for the same query) is left out, and so is every text
     less similar than ``min_score``: nothing is an answer when nothing remembered is related.
     """
 
@@ -164,7 +165,7 @@ def memory_search_builtin(
         query = clean_query(raw)
         hits = await store.search(query, k + 1)
         related = [h for h in hits if h.score >= min_score]
-        kept = [h for h in related if not (h.kind == "input" and _asks_for(h.text, raw, query))][:k]
+        kept = [h for h in related if not (h.kind == "input" and _asks_for(h.text, query))][:k]
         return {"query": query, "hits": [h.as_map() for h in kept]}
 
     return search
