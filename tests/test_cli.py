@@ -330,3 +330,13 @@ async def test_a_request_with_a_body_its_readers_refuse_is_shown_so(world: World
     story = await why(world.bus, empty.id)
     assert not story.found and story.request_seq == seq
     assert story.lines() == [f"The request {empty.id} (seq {seq}) led to nothing: the agent made no command of it."]
+
+
+def test_ids_are_checked_alike_and_taken_in_any_case(tmp_path: Path) -> None:
+    cli(tmp_path, "init")
+    for args in (["why", "nonsense"], ["approve", "12345"], ["reject", "not-an-id"]):
+        refused = cli(tmp_path, *args, check=False)
+        assert refused.returncode == 2 and "is not an id: a command or request id is a UUID" in refused.stderr
+    upper = "01A23C4C-DD2C-7000-8000-0123456789AB"
+    unknown = cli(tmp_path, "why", upper, check=False)
+    assert unknown.returncode == 1 and f"has the id {upper.lower()}" in unknown.stdout, unknown.stdout

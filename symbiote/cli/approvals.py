@@ -12,7 +12,18 @@ from symbiote.bus.envelope import Envelope, make_event
 from symbiote.bus.ids import now_ms
 from symbiote.bus.stream import Bus
 from symbiote.cli.chain import follow_chain
-from symbiote.cli.common import DataDirOpt, JsonOpt, NatsOpt, _bus, _emit, _home, _run, console, plain
+from symbiote.cli.common import (
+    DataDirOpt,
+    JsonOpt,
+    NatsOpt,
+    _bus,
+    _emit,
+    _home,
+    _run,
+    command_id_arg,
+    console,
+    plain,
+)
 from symbiote.errors import SymbioteError
 from symbiote.home import DataDir
 from symbiote.projections.audit import find_input, human_time
@@ -123,7 +134,7 @@ async def _answer(bus: Bus, home: DataDir, command_id: str, key_file: Path | Non
         raise SymbioteError("approvals are signed with a user key", principal=key.principal)
     life = await load_life(bus, RegistryFollower(bus), command_id)
     if life.proposal is None:
-        raise SymbioteError("no such command", command_id=command_id)
+        raise SymbioteError("no command has this id (see `symbiote approvals`)", command_id=command_id)
     if not life.pending_approval:
         raise SymbioteError(
             "this command is not waiting for approval", command_id=command_id, state=life.summary()["state"]
@@ -144,6 +155,7 @@ def _answer_command(
     approve: bool,
 ) -> None:
     home = _home(data_dir)
+    command_id = command_id_arg(command_id)
 
     async def go() -> None:
         async with _bus(home, nats_url) as bus:

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
+from symbiote.bus.ids import is_event_id
 from symbiote.bus.server import NatsServer, NatsServerConfig
 from symbiote.bus.stream import Bus
 from symbiote.cli.chain import EventRow
@@ -63,6 +64,19 @@ def print_error(exc: SymbioteError) -> None:
             err.print(f"    {plain(line)}")
     if exc.fields.get("log_path"):
         err.print(f"  its whole log: {plain(exc.fields['log_path'])}")
+
+
+def command_id_arg(value: str) -> str:
+    """A command or request id as typed: surrounding blanks dropped, letters lower-cased (ids are
+    lower-case UUIDs); anything else exits with status 2, naming what an id looks like."""
+    found = value.strip().lower()
+    if not is_event_id(found):
+        err.print(
+            f"[red]error:[/red] {plain(value)!r} is not an id: a command or request id is a UUID "
+            "(as `symbiote approvals`, `say` and `events` show them)"
+        )
+        raise typer.Exit(2)
+    return found
 
 
 def cell(value: object) -> Text:

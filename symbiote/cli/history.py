@@ -12,7 +12,19 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from symbiote.cli.common import DataDirOpt, JsonOpt, NatsOpt, _bus, _home, _run, cell, console, err, plain
+from symbiote.cli.common import (
+    DataDirOpt,
+    JsonOpt,
+    NatsOpt,
+    _bus,
+    _home,
+    _run,
+    cell,
+    command_id_arg,
+    console,
+    err,
+    plain,
+)
 from symbiote.errors import ConfigError, KeyFileError
 from symbiote.home import DataDir
 from symbiote.projections.audit import AuditReport, Finding, audit, human_time, why, write_html
@@ -168,6 +180,7 @@ def why_command(
 ) -> None:
     """Why a command did what it did: input → proposal → approvals → execution → result."""
     home = _home(data_dir)
+    command_id = command_id_arg(command_id)
 
     async def go() -> None:
         async with _bus(home, nats_url, start_if_down=True) as bus:
