@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from symbiote.errors import ConfigError, KeyFileError
+from symbiote.files import write_private
 from symbiote.signers.keys import SigningKey, kid_in_file
 
 __all__ = ["ROLE_FILES", "DataDir", "default_data_dir"]
@@ -170,11 +171,7 @@ class DataDir:
 
     def write_runtime(self, data: dict[str, Any]) -> None:
         """Write ``runtime.json`` (mode 0600: a ``--nats-url`` may carry credentials)."""
-        tmp = self.runtime_file.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(json.dumps(data, indent=2) + "\n")
-        tmp.replace(self.runtime_file)
+        write_private(self.runtime_file, (json.dumps(data, indent=2) + "\n").encode())
 
     def clear_runtime(self) -> None:
         """Remove ``runtime.json`` if this process wrote it (never another runtime's)."""

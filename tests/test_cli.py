@@ -204,12 +204,17 @@ def test_up_say_events_keys_and_clean_stop(running: tuple[Path, subprocess.Popen
     audited = cli(data_dir, "audit", "--json", "--html", str(tmp_path / "audit.html"))
     assert json.loads(audited.stdout)["ok"] is True, audited.stdout
     assert "<html" in (tmp_path / "audit.html").read_text().lower()
+    assert (tmp_path / "audit.html").stat().st_mode & 0o077 == 0  # it holds what was asked
 
     children = _children(proc.pid)
     assert len(children) >= 2, "nats-server and postgres run as children of `symbiote up`"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
     assert not (data_dir / "runtime.json").exists()
+    assert proc.stdout is not None
+    said_by_up = proc.stdout.read()
+    assert f'{sys.executable} -m symbiote.cli say "echo hello" --wait' in said_by_up  # as it was started
+    assert said_by_up.rstrip().endswith("stopping…\nstopped.")
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
@@ -340,3 +345,8 @@ def test_ids_are_checked_alike_and_taken_in_any_case(tmp_path: Path) -> None:
     upper = "01A23C4C-DD2C-7000-8000-0123456789AB"
     unknown = cli(tmp_path, "why", upper, check=False)
     assert unknown.returncode == 1 and f"has the id {upper.lower()}" in unknown.stdout, unknown.stdout
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # a pipe, no width given: no line is broken
+    piped = subprocess.run(
+        [*SYMBIOTE, "why", upper, "--data-dir", str(tmp_path)], capture_output=True, text=True, env=env
+    )
+    assert piped.stdout.count("\n") == 1 and len(piped.stdout) > 90, piped.stdout

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from symbiote.errors import ConfigError
+from symbiote.files import write_private
 
 __all__ = [
     "CERT_FILE",
@@ -128,11 +129,11 @@ def ensure_certificate(tls_dir: Path, hosts: Iterable[str] = ()) -> TlsMaterial:
     os.chmod(tls_dir, 0o700)
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _self_signed(key, hosts)
-    _write_private(
+    write_private(
         key_path,
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
     )
-    _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return TlsMaterial(cert_path, key_path, fingerprint_of(cert))
 
 
@@ -187,13 +188,3 @@ def _self_signed(key: ec.EllipticCurvePrivateKey, hosts: Iterable[str]) -> x509.
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(key, hashes.SHA256())
     )
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -39,8 +41,18 @@ __all__ = [
     "plain",
 ]
 
-console = Console()
-err = Console(stderr=True)
+def _console(*, stderr: bool = False) -> Console:
+    """A console for stdout (or stderr). Written to a pipe or a file, with no ``COLUMNS`` set,
+    it breaks no line at 80 columns: a kid or a command id stays whole, to be copied, and tables
+    take up to 200 columns."""
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty() or os.environ.get("COLUMNS"):
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=200, soft_wrap=True)
+
+
+console = _console()
+err = _console(stderr=True)
 T = TypeVar("T")
 
 

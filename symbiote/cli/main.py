@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -149,19 +150,22 @@ def up(
                 shown.touch()
             standard = Path.home() / ".local" / "share" / "symbiote"
             env = "" if home.root == standard.resolve() else f"  export SYMBIOTE_DATA_DIR={home.root}\n"
+            me, where = _how_to_call()
             console.print(
-                "\nTry it in another terminal (in this folder):\n"
+                f"\nTry it in another terminal{where}:\n"
                 f"{env}"
-                '  .venv/bin/symbiote say "echo hello" --wait\n'
-                '  .venv/bin/symbiote say "run uname -a" --wait\n'
-                "  .venv/bin/symbiote approvals            # then: .venv/bin/symbiote approve <command id> --wait\n"
-                "  .venv/bin/symbiote events --follow\n"
-                "  .venv/bin/symbiote keys pair --name me  # your phone (start `up` with --api-host 0.0.0.0)\n"
-                "  .venv/bin/symbiote audit\n"
-                "Stop with Ctrl-C."
+                f'  {me} say "echo hello" --wait\n'
+                f'  {me} say "run uname -a" --wait\n'
+                f"  {me} approvals            # then: {me} approve <command id> --wait\n"
+                f"  {me} events --follow\n"
+                f"  {me} keys pair --name me  # your phone (start `up` with --api-host 0.0.0.0)\n"
+                f"  {me} audit\n"
+                "Stop with Ctrl-C.",
+                soft_wrap=True,
             )
             await runtime.serve_until(stop)
             console.print("stopping…")
+        console.print("stopped.")
 
     configure_logging(log_level)
     try:
@@ -169,6 +173,22 @@ def up(
     except SymbioteError as exc:
         print_error(exc)
         raise typer.Exit(1) from exc
+
+
+def _how_to_call() -> tuple[str, str]:
+    """How to run this command from another terminal, and where ("" or " (in this folder)"): its
+    name when that is what the PATH finds, its path relative to here when it lies below, else its
+    full path (``python -m symbiote.cli`` as such)."""
+    program = Path(sys.argv[0])
+    if program.name != "symbiote":
+        return f"{sys.executable} -m symbiote.cli", ""
+    found = shutil.which("symbiote")
+    if found is not None and Path(found).resolve() == program.resolve():
+        return "symbiote", ""
+    try:
+        return str(program.resolve().relative_to(Path.cwd())), " (in this folder)"
+    except ValueError:
+        return str(program.resolve()), ""
 
 
 DEMO = [

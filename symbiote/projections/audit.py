@@ -39,6 +39,7 @@ from symbiote.bus.events import BODY_TYPES, parse_body, subject_for
 from symbiote.bus.ids import derived_event_id, is_event_id, now_ms
 from symbiote.bus.stream import Bus, StoredMsg
 from symbiote.errors import ConfigError, DecodeError
+from symbiote.files import write_private
 from symbiote.projections.checkpoints import (
     CheckpointRecord,
     compute_root,
@@ -1344,4 +1345,4 @@ so far, kept both in the log and in separate files, so that deleting or changing
 {refused}
 </body></html>
 """
-    path.write_text(page, encoding="utf-8")
+    write_private(path, page.encode())  # it holds what the person asked: theirs to share
