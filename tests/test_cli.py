@@ -151,6 +151,14 @@ def test_up_say_events_keys_and_clean_stop(running: tuple[Path, subprocess.Popen
     assert "'run echo approved-from-cli'" in narrow.stdout and "open until: 20" in narrow.stdout, narrow.stdout
     approved = cli(data_dir, "approve", command_id, "--wait", "--json")
     assert '"command.succeeded"' in approved.stdout and "approved-from-cli" in approved.stdout
+    # --wait exits with what became of the request: scripts can tell
+    failing = json.loads(cli(data_dir, "say", "run false", "--wait", "--json").stdout.splitlines()[-1])
+    failed = cli(data_dir, "approve", failing["body"]["command_id"], "--wait", check=False)
+    assert failed.returncode == 1 and "command.failed" in failed.stdout, failed.stdout
+    unwanted = json.loads(cli(data_dir, "say", "run true", "--wait", "--json").stdout.splitlines()[-1])
+    cli(data_dir, "reject", unwanted["body"]["command_id"], "--wait")  # rejected, as asked: exit 0
+    nothing_fits = cli(data_dir, "say", "book a flight to Rome", "--wait", check=False)
+    assert nothing_fits.returncode == 3 and "command.suggested" in nothing_fits.stdout, nothing_fits.stdout
 
     listed = cli(data_dir, "events").stdout  # for people: each command event names its command
     assert any("command.succeeded" in line and command_id in line for line in listed.splitlines()), listed

@@ -11,7 +11,7 @@ import typer
 from symbiote.bus.envelope import Envelope, make_event
 from symbiote.bus.ids import now_ms
 from symbiote.bus.stream import Bus
-from symbiote.cli.chain import follow_chain
+from symbiote.cli.chain import follow_chain, wait_status
 from symbiote.cli.common import (
     DataDirOpt,
     JsonOpt,
@@ -157,19 +157,24 @@ def _answer_command(
     home = _home(data_dir)
     command_id = command_id_arg(command_id)
 
-    async def go() -> None:
+    async def go() -> int:
         async with _bus(home, nats_url) as bus:
             event = await _answer(bus, home, command_id, key_file, approve=approve)
             console.print(plain(f"{event.type} by {event.actor} ({event.id})"))
-            if wait:
-                life = await load_life(bus, RegistryFollower(bus), command_id)
-                corr = life.proposal.corr if life.proposal else None
-                async for row in follow_chain(
-                    bus, corr or command_id, life.last_seq, timeout_s=30, until_approval=True
-                ):
-                    _emit(row, as_json)
+            if not wait:
+                return 0
+            life = await load_life(bus, RegistryFollower(bus), command_id)
+            corr = life.proposal.corr if life.proposal else None
+            last = None
+            async for last in follow_chain(bus, corr or command_id, life.last_seq, timeout_s=30, until_approval=True):
+                _emit(last, as_json)
+            if not approve and last is not None and last.event is not None and last.event.type == "command.denied":
+                return 0  # rejected, as asked
+            return wait_status(last)
 
-    _run(go)
+    status = _run(go)
+    if status:
+        raise typer.Exit(status)
 
 
 def approve(

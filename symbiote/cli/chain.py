@@ -15,7 +15,7 @@ from symbiote.errors import DecodeError
 from symbiote.projections.jsontext import jsonable
 from symbiote.registry.state import REGISTRY_TYPES, RegistryState
 
-__all__ = ["EventRow", "follow_chain", "rows"]
+__all__ = ["WAIT_STATUS", "EventRow", "follow_chain", "rows", "wait_status"]
 
 
 @dataclass
@@ -138,3 +138,24 @@ async def follow_chain(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+# what ``--wait`` exits with, by the last event it saw (README: "Exit status of --wait")
+WAIT_STATUS = {
+    "command.succeeded": 0,
+    "command.approval_requested": 0,  # waiting for a person: nothing went wrong
+    "command.failed": 1,
+    "command.denied": 1,
+    "command.clarify": 3,  # the agent asked back, or found no command: nothing ran
+    "command.suggested": 3,
+}
+TIMED_OUT = 124  # as timeout(1) says it
+
+
+def wait_status(last: EventRow | None) -> int:
+    """The exit status of a ``--wait`` whose last event was ``last`` (None: none came): 0 when
+    the command succeeded or waits for an approval, 1 when it failed or was denied, 3 when the
+    agent asked back or suggested a command, 124 when it had not ended in time."""
+    if last is None or last.event is None:
+        return TIMED_OUT
+    return WAIT_STATUS.get(last.event.type, TIMED_OUT)

@@ -41,6 +41,7 @@ __all__ = [
     "plain",
 ]
 
+
 def _console(*, stderr: bool = False) -> Console:
     """A console for stdout (or stderr). Written to a pipe or a file, with no ``COLUMNS`` set,
     it breaks no line at 80 columns: a kid or a command id stays whole, to be copied, and tables

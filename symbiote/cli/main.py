@@ -22,7 +22,7 @@ from symbiote.bootstrap import define_command, initialize, register_key, revoke_
 from symbiote.bus.envelope import make_event
 from symbiote.bus.events import parse_body
 from symbiote.bus.stream import Bus, redact_url
-from symbiote.cli.chain import EventRow, follow_chain, rows
+from symbiote.cli.chain import EventRow, follow_chain, rows, wait_status
 from symbiote.cli.common import (
     DataDirOpt,
     JsonOpt,
@@ -284,7 +284,7 @@ def say(
         err.print("[red]error:[/red] the request says nothing: nothing was sent")
         raise typer.Exit(2)
 
-    async def go() -> None:
+    async def go() -> int:
         user = home.load_key("user")
         if audio is not None:
             from symbiote.agents.voice import voice_event  # the speech stack loads only when used
@@ -300,11 +300,16 @@ def say(
             else:
                 # the request's id, not a command's: the proposal that answers it has its own
                 console.print(f"request {event.id} sent (seq {ack.seq})", soft_wrap=True)
-            if wait:
-                async for row in follow_chain(bus, event.id, ack.seq, timeout_s=timeout):
-                    _emit(row, as_json)
+            if not wait:
+                return 0
+            last = None
+            async for last in follow_chain(bus, event.id, ack.seq, timeout_s=timeout):
+                _emit(last, as_json)
+            return wait_status(last)
 
-    _run(go)
+    status = _run(go)
+    if status:
+        raise typer.Exit(status)
 
 
 async def _transcribe(audio: Path, as_json: bool) -> Transcript:
