@@ -25,6 +25,7 @@ from symbiote.projections import (
     MEMORY_SEARCH_DEFINITION,
     Projections,
     Projector,
+    drop_replay,
     memory_search_builtin,
     replay,
     table_digests,
@@ -207,6 +208,14 @@ async def test_replay_never_drops_a_schema_it_did_not_make(bus: Bus, pg_dsn: str
             await replay(bus, pg_dsn, into="public\n", compare=False)
         with pytest.raises(ConfigError, match="past the end of the log"):
             await replay(bus, pg_dsn, from_seq=await bus.last_seq() + 1)
+        with pytest.raises(ConfigError, match="the log starts at sequence 1"):
+            await replay(bus, pg_dsn, from_seq=-5)
+        with pytest.raises(ConfigError, match="schema names are"):  # not a made-up name, kept
+            await replay(bus, pg_dsn, into="", compare=False)
+        with pytest.raises(ConfigError, match="no replay kept this schema"):
+            await drop_replay(pg_dsn, "precious")
+        with pytest.raises(ConfigError, match="never dropped"):
+            await drop_replay(pg_dsn, "public")
         assert await schema_exists(conn, "precious")
         assert await conn.fetchval("SELECT count(*) FROM precious.data") == 0
     finally:
@@ -236,5 +245,9 @@ def test_cli_replay(nats_url: str, pg_dsn: str, tmp_path: Path) -> None:
     assert "the replay equals the live projections" in result.output
     result = CliRunner().invoke(app, [*args, "--into", "kept_copy"])
     assert result.exit_code == 1 and "already exists" in result.output
+    result = CliRunner().invoke(app, [*args, "--drop", "kept_copy"])
+    assert result.exit_code == 0 and "dropped schema kept_copy" in result.output, result.output
+    result = CliRunner().invoke(app, [*args, "--into", "kept_copy", "--json"])  # the name is free again
+    assert result.exit_code == 0, result.output
     result = CliRunner().invoke(app, ["replay", "--data-dir", str(home.root), "--nats-url", nats_url])
     assert result.exit_code == 1 and "PostgreSQL is not known" in result.output

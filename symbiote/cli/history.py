@@ -28,7 +28,7 @@ from symbiote.cli.common import (
 from symbiote.errors import ConfigError, KeyFileError
 from symbiote.home import DataDir
 from symbiote.projections.audit import AuditReport, Finding, audit, human_time, why, write_html
-from symbiote.projections.replay import ReplayReport, replay
+from symbiote.projections.replay import ReplayReport, drop_replay, replay
 
 __all__ = ["register"]
 
@@ -53,6 +53,9 @@ def replay_command(
     into: Annotated[
         str | None, typer.Option("--into", help="Schema to build into (kept); default: a temporary one")
     ] = None,
+    drop: Annotated[
+        str | None, typer.Option("--drop", help="Drop a schema an earlier `replay --into` kept, and nothing else")
+    ] = None,
     data_dir: DataDirOpt = None,
     nats_url: NatsOpt = None,
     postgres_dsn: PostgresOpt = None,
@@ -60,6 +63,14 @@ def replay_command(
 ) -> None:
     """Rebuild every projection from the log into a fresh schema and prove it equal to the live one."""
     home = _home(data_dir)
+    if drop is not None:
+
+        async def dropping() -> None:
+            await drop_replay(_dsn(home, postgres_dsn), drop)
+
+        _run(dropping)
+        console.print(f"dropped schema {plain(drop)}")
+        return
 
     async def go() -> ReplayReport:
         dsn = _dsn(home, postgres_dsn)

@@ -22,7 +22,7 @@ from symbiote.projections.db import apply_migrations, load_migrations
 from symbiote.projections.memory import MEMORY_SEARCH_DEFINITION, MemoryHit, MemoryStore, memory_search_builtin
 from symbiote.projections.pgserver import PostgresServer, PostgresServerConfig
 from symbiote.projections.projector import Projector, ProjectorStats
-from symbiote.projections.replay import ReplayReport, TableDigest, replay, table_digests
+from symbiote.projections.replay import ReplayReport, TableDigest, drop_replay, replay, table_digests
 from symbiote.projections.service import Projections
 from symbiote.projections.verify import entry_hash
 
@@ -48,6 +48,7 @@ __all__ = [
     "apply_migrations",
     "audit",
     "compute_root",
+    "drop_replay",
     "entry_hash",
     "human_time",
     "judge_execution",

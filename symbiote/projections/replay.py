@@ -37,13 +37,14 @@ from symbiote.projections.db import (
     apply_migrations,
     check_schema_name,
     connect,
+    connection,
     quote_ident,
     schema_exists,
     translate,
 )
 from symbiote.projections.projector import Projector, read_checkpoint
 
-__all__ = ["DIGEST_TABLES", "ReplayReport", "TableDigest", "replay", "table_digests"]
+__all__ = ["DIGEST_TABLES", "ReplayReport", "TableDigest", "drop_replay", "replay", "table_digests"]
 
 DIGEST_TABLES: dict[str, tuple[str, str | None]] = {
     "events": ("seq", "seq"),
@@ -182,8 +183,10 @@ async def replay(
     projection to reach the replayed position before comparing.
     """
     began = time.perf_counter()
-    from_seq = max(1, from_seq)
-    schema = check_schema_name(into or f"replay_{time.strftime('%Y%m%d_%H%M%S')}_{secrets.token_hex(4)}")
+    if from_seq < 1:
+        raise ConfigError(f"--from {from_seq}: the log starts at sequence 1")
+    made = f"replay_{time.strftime('%Y%m%d_%H%M%S')}_{secrets.token_hex(4)}"
+    schema = check_schema_name(made if into is None else into)
     check_schema_name(live_schema)
     if schema == live_schema:
         raise StoreError("the replay must build into a schema other than the live one", schema=schema)
@@ -333,6 +336,24 @@ async def _create(conn: asyncpg.Connection, schema: str) -> None:
         if isinstance(exc.__cause__, asyncpg.DuplicateSchemaError):
             raise StoreError("the replay schema already exists; choose another or drop it", schema=schema) from exc
         raise
+
+
+async def drop_replay(dsn: str, schema: str, *, live_schema: str = "public") -> None:
+    """Drop a schema a replay kept (``replay --into``): never the live one, nor a schema that
+    holds no projections (one the operator made for something else)."""
+    check_schema_name(schema)
+    if schema == live_schema:
+        raise ConfigError("that is the live projections' schema: it is never dropped", schema=schema)
+    async with connection(dsn, live_schema) as conn:
+        with translate("look for the schema", schema=schema):
+            found = await conn.fetchval(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1 "
+                "AND table_name = 'projection_checkpoints'",
+                schema,
+            )
+        if not found:
+            raise ConfigError("no replay kept this schema (it holds no projections): nothing dropped", schema=schema)
+        await _drop(conn, schema)
 
 
 async def _drop(conn: asyncpg.Connection, schema: str) -> None:
