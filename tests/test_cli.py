@@ -192,7 +192,9 @@ def test_up_say_events_keys_and_clean_stop(running: tuple[Path, subprocess.Popen
     definition.write_text(
         'name = "greet"\ndescription = "Greet someone"\nexecutor = "builtin:echo"\n[args_schema]\ntype = "object"\n'
     )
-    cli(data_dir, "commands", "add", str(definition))
+    assert "defined greet at seq" in cli(data_dir, "commands", "add", str(definition)).stdout
+    again = cli(data_dir, "commands", "add", str(definition)).stdout
+    assert "greet is already defined so: nothing was published" in again, again
     broken = tmp_path / "broken.toml"
     broken.write_text('name = "broken"\nargv = "ls"\n')
     refused = cli(data_dir, "commands", "add", str(broken), check=False)

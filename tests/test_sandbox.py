@@ -454,3 +454,18 @@ def test_result_output_map_replaces_bad_utf8() -> None:
         exit_code=0, stdout=b"\xff ok", stderr=b"", duration_ms=1, timed_out=False, truncated=False, killed_signal=None
     )
     assert result.output_map()["stdout"] == "\ufffd ok"
+
+
+async def test_a_command_run_in_an_empty_workspace_leaves_no_empty_snapshot(tmp_path: Path) -> None:
+    """shell.run snapshots its workspace first; a workspace that held nothing yet (a command's
+    first run) leaves no empty copy behind, and the output names none."""
+    from symbiote.dispatcher import Executors
+    from symbiote.registry.state import default_definitions
+
+    shell = next(d for d in default_definitions() if d.name == "shell.run")
+    assert shell.sandbox.snapshot
+    executors = Executors(tmp_path / "ws")
+    outcome = await executors.run("01a23c4c-dd2c-7000-8000-0123456789ab", shell, {"argv": ["true"]})
+    assert outcome.exit_code == 0, outcome.output
+    assert "snapshot" not in outcome.output
+    assert [p.name for p in (tmp_path / "ws").iterdir()] == ["01a23c4c-dd2c-7000-8000-0123456789ab"]

@@ -165,12 +165,13 @@ def _print_audit(report: AuditReport) -> None:
         f"{report.covered_through}"
     )
     if report.findings:
-        table = Table("seq", "severity", "kind", "finding")
+        table = Table("seq", "what", "kind", "finding")
         for finding in report.findings:
-            colour = "red" if finding.severity == "fail" else "yellow"
+            # a failure is a problem; a warning is a note (as the summary and the HTML report say)
+            colour, word = ("red", "problem") if finding.severity == "fail" else ("yellow", "note")
             table.add_row(
                 str(finding.seq) if finding.seq is not None else "—",
-                f"[{colour}]{finding.severity}[/{colour}]",
+                f"[{colour}]{word}[/{colour}]",
                 cell(finding.kind),
                 cell(finding.message),
             )
@@ -204,7 +205,7 @@ def why_command(
         if not story.found:
             console.print(f"[red]{plain(story.not_found_words())}[/red]", soft_wrap=True)
             raise typer.Exit(1)
-        command, state = plain(story.command or "?"), plain(story.state)
+        command, state = plain(story.command or "no command"), plain(story.state)
         if story.request_id is not None:
             console.print(f"[dim]the request {plain(story.request_id)} led to:[/dim]")
         console.print(f"[bold]{command}[/bold]  {plain(story.command_id)}  → [bold]{state}[/bold]")

@@ -371,7 +371,8 @@ def keys_list(data_dir: DataDirOpt = None, nats_url: NatsOpt = None, as_json: Js
                 )
             return
         # the kid folds rather than being cut: it is what `keys revoke` takes
-        table = Table("principal", "role", Column("kid", overflow="fold", min_width=20), "registered at", "revoked at")
+        kid = Column("kid", overflow="fold", min_width=20)
+        table = Table("principal", "role", kid, "registered at seq", "revoked at seq")
         for e in entries:
             table.add_row(*map(cell, (e.principal, e.role, e.kid, e.registered_seq, e.revoked_seq or "—")))
         console.print(table)
@@ -475,6 +476,10 @@ def commands_add(
     async def go() -> None:
         definition = load_definition(file)
         async with _bus(home, nats_url) as bus:
+            state = await RegistryFollower(bus).refresh()
+            if state.command_at(definition.name, state.applied_through + 1) == definition:
+                console.print(plain(f"{definition.name} is already defined so: nothing was published"))
+                return
             seq = await define_command(bus, home.load_key("owner"), definition)
         console.print(plain(f"defined {definition.name} at seq {seq}"))
 

@@ -193,6 +193,9 @@ class Executors:
         profile = profile_of(definition.sandbox)
         workspace = self.workspaces.for_command(command_id)
         snapshot = self.sandbox.snapshot(workspace) if profile.snapshot else None
+        if snapshot is not None and not any(snapshot.iterdir()):
+            snapshot.rmdir()  # the workspace held nothing yet (a command's first run): nothing to keep
+            snapshot = None
         result = await self.sandbox.run(argv, workspace=workspace, profile=profile, stdin=stdin)
         output = dict(result.output_map())
         output["workspace"] = str(workspace)

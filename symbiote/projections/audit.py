@@ -1026,7 +1026,15 @@ async def why(bus: Bus, command_id: str) -> CommandStory:
         except DecodeError as exc:
             story.steps.append(Step("note", msg.seq, None, None, f"unreadable message on {msg.subject}: {exc}", False))
     life = fold_command(command_id, events, state)
-    story.state = str(life.summary()["state"]) if (life.proposal or life.terminal) else "no proposal"
+    kinds = {event.type for _, event in events}
+    if life.proposal or life.terminal:
+        story.state = str(life.summary()["state"])
+    elif "command.clarify" in kinds:
+        story.state = "the agent asked what was meant"
+    elif "command.suggested" in kinds:
+        story.state = "no command fits: the agent suggested one"
+    else:
+        story.state = "no proposal"
     if life.proposal is not None:
         story.command = str(life.proposal.body.get("command"))
     # the request it answers: the proposal's cause, or a question's or a suggestion's (an event
@@ -1227,9 +1235,17 @@ def write_html(report: AuditReport, path: Path) -> None:
             )
         else:
             sealed = " The log matches its signed checkpoints, which cover every event (but themselves)."
+        notes = len(report.findings) + sum(report.omitted.values())
+        plural = notes != 1
+        noted = (
+            f" {notes} note{'s' if plural else ''} below {'are' if plural else 'is'} worth a look, though none is "
+            "a problem."
+            if notes
+            else ""
+        )
         verdict_detail = (
             f"All {report.messages} events in the log were checked. Every signature holds and every command that ran "
-            f"was allowed to run.{sealed}"
+            f"was allowed to run.{sealed}{noted}"
         )
         colour = "#1b7f3b"
     else:

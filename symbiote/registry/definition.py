@@ -178,7 +178,10 @@ def definition_problems(definition: CommandDefinition) -> list[str]:
             continue
         for name in fields:
             if name not in known:
-                problems.append(f"{template!r} uses {{{name}}}, which args_schema.properties does not define")
+                problems.append(
+                    f"{template!r} uses {{{name}}}, which args_schema.properties does not define "
+                    "(a literal brace is written {{ or }})"
+                )
     return problems
 
 
