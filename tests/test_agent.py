@@ -75,6 +75,8 @@ def test_intent_ranking_and_extraction() -> None:
     note = extract_args(definitions["note.write"], "take a note: buy milk")
     assert note == {"name": "buy-milk.txt", "text": "buy milk\n"}
     assert extract_args(definitions["echo"], "echo") is None
+    named = extract_args(definitions["note.write"], "take a note called groceries: milk and eggs")
+    assert named == {"name": "groceries.txt", "text": "milk and eggs\n"}
 
 
 async def test_clear_request_becomes_signed_proposal(world: World, agent: Agent) -> None:

@@ -57,6 +57,10 @@ def extract_args(definition: CommandDefinition, text: str) -> dict[str, Any] | N
     if definition.name == "note.write":
         if not rest:
             return None
+        # "… called groceries: milk and eggs": the name, then what the note says
+        named = re.match(r"^(?:called|named|titled)\s+(.+?)\s*[:–—]\s*(.+)$", rest, flags=re.IGNORECASE | re.DOTALL)
+        if named:
+            return {"name": _slug(named[1]), "text": named[2].strip() + "\n"}
         return {"name": _slug(rest), "text": rest + "\n"}
     args: dict[str, Any] = {}
     for name in required:
