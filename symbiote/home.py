@@ -121,7 +121,9 @@ class DataDir:
     def load_key(self, role: str) -> SigningKey:
         path = self.key_path(role)
         if not path.exists():
-            raise ConfigError(f"no {role} key; run `symbiote init` first", path=str(path))
+            raise ConfigError(
+                f"no {role} key in this data dir: start `symbiote up` (or run `symbiote init`)", path=str(path)
+            )
         key = SigningKey.load(path, self.passphrase())
         if not key.principal.startswith(f"{role}:"):
             raise KeyFileError("key file principal does not match its role", path=str(path), principal=key.principal)

@@ -656,7 +656,7 @@ def test_cli_why_and_html_for_a_clean_log(nats_url: str, tmp_path: Path) -> None
     assert result.exit_code == 1 and json.loads(result.output)["found"] is False
     assert json.loads(result.output)["allowed"] is None  # nothing ran: neither allowed nor not
     result = runner.invoke(_app(), ["why", "*", *args])  # not an id: never a subject wildcard
-    assert result.exit_code == 1 and "command id" in result.output
+    assert result.exit_code == 2 and "is not an id: a command or request id is a UUID" in result.output
 
 
 async def test_copied_and_wrongly_signed_decisions_do_not_count_as_runs(world: World) -> None:
