@@ -17,11 +17,11 @@ from symbiote.cli.common import (
     JsonOpt,
     NatsOpt,
     _bus,
-    _emit,
     _home,
     _run,
     command_id_arg,
     console,
+    emit_chain,
     plain,
 )
 from symbiote.errors import SymbioteError
@@ -165,9 +165,8 @@ def _answer_command(
                 return 0
             life = await load_life(bus, RegistryFollower(bus), command_id)
             corr = life.proposal.corr if life.proposal else None
-            last = None
-            async for last in follow_chain(bus, corr or command_id, life.last_seq, timeout_s=30, until_approval=True):
-                _emit(last, as_json)
+            chain = follow_chain(bus, corr or command_id, life.last_seq, timeout_s=30, until_approval=True)
+            last = await emit_chain(chain, as_json)
             if not approve and last is not None and last.event is not None and last.event.type == "command.denied":
                 return 0  # rejected, as asked
             return wait_status(last)

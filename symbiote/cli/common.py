@@ -156,6 +156,15 @@ def _emit(row: EventRow, as_json: bool) -> None:
         _print_row(row)
 
 
+async def emit_chain(chain: AsyncIterator[EventRow], as_json: bool) -> EventRow | None:
+    """Print each event of a followed chain as it comes; the last one (None: none came), which
+    :func:`~symbiote.cli.chain.wait_status` turns into the exit status of ``--wait``."""
+    last = None
+    async for last in chain:
+        _emit(last, as_json)
+    return last
+
+
 def _print_row(row: EventRow, *, compact: bool = False) -> None:
     event = row.event
     signed = f"[dim]✓ {plain(', '.join(row.verified))}[/dim]" if row.verified else ""

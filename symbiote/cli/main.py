@@ -34,6 +34,7 @@ from symbiote.cli.common import (
     _run,
     cell,
     console,
+    emit_chain,
     err,
     plain,
     print_error,
@@ -302,10 +303,7 @@ def say(
                 console.print(f"request {event.id} sent (seq {ack.seq})", soft_wrap=True)
             if not wait:
                 return 0
-            last = None
-            async for last in follow_chain(bus, event.id, ack.seq, timeout_s=timeout):
-                _emit(last, as_json)
-            return wait_status(last)
+            return wait_status(await emit_chain(follow_chain(bus, event.id, ack.seq, timeout_s=timeout), as_json))
 
     status = _run(go)
     if status:
