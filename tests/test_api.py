@@ -11,7 +11,10 @@ import base64
 import hashlib
 import json
 import os
+import signal
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -795,3 +798,24 @@ async def test_create_app_over_asgi(nats_url: str, tmp_path: Path) -> None:
     finally:
         await app.state.board.stop()
         await bus.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_keys_pair_stopped_by_a_signal_cancels_its_code(tmp_path: Path, sig: int) -> None:
+    """Closing the terminal (SIGHUP) or `kill` (SIGTERM) cancels the code as Ctrl-C does."""
+    home = DataDir(tmp_path / "home")
+    home.ensure()
+    ensure_certificate(home.tls_dir)
+    args = ["keys", "pair", "--name", "carol", "--data-dir", str(home.root), "--url", "https://127.0.0.1:1", "--no-qr"]
+    proc = subprocess.Popen([sys.executable, "-m", "symbiote.cli", *args], stdout=subprocess.PIPE, text=True)
+    store = PairingStore(home.root)
+    try:
+        assert proc.stdout is not None
+        while "Waiting for the phone" not in proc.stdout.readline():
+            assert proc.poll() is None
+        assert list(store.dir.glob("*.json"))
+        proc.send_signal(sig)
+        assert proc.wait(20) == 130
+    finally:
+        proc.kill()
+    assert list(store.dir.glob("*.json")) == []  # the code no longer works

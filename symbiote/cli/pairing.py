@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Annotated
@@ -115,9 +117,10 @@ def register(keys_app: typer.Typer) -> None:
             typer.echo(qr_text(link))
         if not wait:
             return
-        console.print("Waiting for the phone… (Ctrl-C cancels the code)")
         claimed_at: float | None = None
         try:
+            _interrupt_on_stop_signals()  # closing the terminal, or `kill`, cancels the code as Ctrl-C does
+            console.print("Waiting for the phone… (Ctrl-C cancels the code)")
             while True:
                 receipt = store.take_receipt(code)
                 if receipt is not None:
@@ -140,6 +143,20 @@ def register(keys_app: typer.Typer) -> None:
             raise typer.Exit(130) from None
         finally:
             store.cancel(code)
+
+
+def _interrupt_on_stop_signals() -> None:
+    """SIGTERM and SIGHUP (unless ignored, as under nohup) stop the wait as Ctrl-C does, so the
+    code is cancelled on the way out. Only SIGKILL leaves it: it then works until it expires."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers belong to the main thread (a test may run the command in another)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, interrupt)
 
 
 def _api_address(home: DataDir, url: str | None) -> tuple[str, str]:
