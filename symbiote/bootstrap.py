@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 
 from symbiote.bus.envelope import make_event
 from symbiote.bus.stream import Bus
+from symbiote.errors import ConfigError
 from symbiote.home import DataDir
 from symbiote.registry.definition import ApprovalPolicy, CommandDefinition
 from symbiote.registry.follower import RegistryFollower
 from symbiote.registry.state import default_definitions
-from symbiote.signers.keys import SigningKey, sign_event
+from symbiote.signers.keys import SigningKey, sign_event, valid_name
 
 __all__ = ["InitReport", "define_command", "initialize", "register_key", "revoke_key", "set_policy"]
 
@@ -41,9 +42,11 @@ def _local_name() -> str:
 
 async def initialize(bus: Bus, home: DataDir, *, name: str | None = None) -> InitReport:
     """Create missing keys, register them and the default commands; idempotent."""
+    person = name or _local_name()
+    if not valid_name(person):  # as `keys add` and `keys pair` take names
+        raise ConfigError("a name is lower-case letters, digits, '_', '.' or '-' (at most 63)", name=person)
     home.ensure()
     report = InitReport()
-    person = name or _local_name()
     principals = {
         "owner": f"owner:{person}",
         "agent": "agent:main",

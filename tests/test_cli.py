@@ -360,3 +360,15 @@ def test_ids_are_checked_alike_and_taken_in_any_case(tmp_path: Path) -> None:
         [*SYMBIOTE, "why", upper, "--data-dir", str(tmp_path)], capture_output=True, text=True, env=env
     )
     assert piped.stdout.count("\n") == 1 and len(piped.stdout) > 90, piped.stdout
+
+
+def test_names_and_log_levels_are_checked_before_anything_starts(tmp_path: Path) -> None:
+    from symbiote.signers.keys import valid_name
+
+    assert valid_name("ann") and not valid_name("ann\n") and not valid_name("Bad Name!")
+    refused = cli(tmp_path, "init", "--name", "Bad Name!", check=False)
+    assert refused.returncode == 1 and "a name is lower-case letters" in refused.stderr, refused.stderr
+    assert not list((tmp_path / "keys").glob("*.pem"))  # no key was made under the refused name
+    for command in ("up", "dispatcher"):
+        loud = cli(tmp_path, command, "--log-level", "LOUD", check=False)
+        assert loud.returncode == 2 and "'LOUD' is not one of" in loud.stderr and "Traceback" not in loud.stderr

@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 from symbiote.bus.ids import now_ms
 from symbiote.errors import ConfigError, SymbioteError
+from symbiote.signers.keys import valid_name
 
 __all__ = [
     "CODE_ALPHABET",
@@ -41,7 +42,6 @@ CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: no I, L,
 CODE_LENGTH = 10  # 50 bits; a code lives 10 minutes and works once
 DEFAULT_TTL_S = 600
 PAIR_DOMAIN = b"symbiote/pair/v1\x00"
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 
 class PairingError(SymbioteError):
@@ -59,11 +59,6 @@ class PairingTicket:
     def as_map(self) -> dict[str, Any]:
         """The ticket as stored (JSON)."""
         return {"principal": self.principal, "expires_at": self.expires_at, "created_at": self.created_at}
-
-
-def valid_name(name: str) -> bool:
-    """True if ``name`` may follow ``user:`` (lower-case letters, digits, ``_ . -``; ≤ 63 chars)."""
-    return _NAME_RE.match(name) is not None
 
 
 def new_code() -> str:

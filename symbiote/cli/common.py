@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import os
 import sys
@@ -96,6 +97,19 @@ def cell(value: object) -> Text:
     """A table cell showing ``value`` as it is (see :func:`plain`)."""
     return Text(str(value))
 
+
+class LogLevel(enum.StrEnum):
+    """How much a long-running command logs (to stderr)."""
+
+    debug = "debug"
+    info = "info"  # every decision
+    warning = "warning"
+    error = "error"
+
+
+LogLevelOpt = Annotated[
+    LogLevel, typer.Option("--log-level", help="debug, info (every decision as a line), warning or error")
+]
 
 DataDirOpt = Annotated[
     Path | None,

@@ -17,7 +17,6 @@ from rich.table import Column, Table
 if TYPE_CHECKING:
     from symbiote.agents.voice import Transcript
 
-from symbiote.api.pairing import valid_name
 from symbiote.bootstrap import define_command, initialize, register_key, revoke_key
 from symbiote.bus.envelope import make_event
 from symbiote.bus.events import parse_body
@@ -26,6 +25,8 @@ from symbiote.cli.chain import EventRow, follow_chain, rows, wait_status
 from symbiote.cli.common import (
     DataDirOpt,
     JsonOpt,
+    LogLevel,
+    LogLevelOpt,
     NatsOpt,
     _bus,
     _emit,
@@ -46,7 +47,7 @@ from symbiote.logs import configure_logging
 from symbiote.projections.checkpoints import Checkpointer
 from symbiote.registry.definition import load_definition
 from symbiote.registry.follower import RegistryFollower
-from symbiote.signers.keys import public_key_from_kid, sign_event
+from symbiote.signers.keys import public_key_from_kid, sign_event, valid_name
 
 __all__ = ["app", "main"]
 
@@ -63,7 +64,10 @@ app.add_typer(commands_app, name="commands")
 def init(
     data_dir: DataDirOpt = None,
     nats_url: NatsOpt = None,
-    name: Annotated[str | None, typer.Option(help="Your name (principals owner:NAME and user:NAME)")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="Your name, for owner:NAME and user:NAME (lower-case; default: your login name)"),
+    ] = None,
 ) -> None:
     """Create the owner, agent, runtime and user keys, register them, define the default commands."""
     home = _home(data_dir)
@@ -111,7 +115,7 @@ def up(
     stream_replicas: Annotated[
         int, typer.Option(min=1, max=5, help="Replicas of the stream when --nats-url is a cluster (3 recommended)")
     ] = 1,
-    log_level: Annotated[str, typer.Option(help="debug, info (every decision), warning")] = "warning",
+    log_level: LogLevelOpt = LogLevel.warning,
 ) -> None:
     """Start the embedded servers and the runtime; stop everything on Ctrl-C / SIGTERM / SIGHUP."""
     from symbiote.runtime import Runtime, RuntimeOptions, install_signal_handlers
@@ -130,7 +134,7 @@ def up(
     )
 
     async def go() -> None:
-        configure_logging(log_level)
+        configure_logging(log_level.value)
         stop = asyncio.Event()
         install_signal_handlers(stop)
         async with Runtime(home, options) as runtime:
@@ -168,7 +172,7 @@ def up(
             console.print("stopping…")
         console.print("stopped.")
 
-    configure_logging(log_level)
+    configure_logging(log_level.value)
     try:
         asyncio.run(go())
     except SymbioteError as exc:
@@ -223,7 +227,7 @@ async def _say(bus: Bus, home: DataDir, text: str, *, timeout_s: float, wait: bo
 def dispatcher(
     data_dir: DataDirOpt = None,
     nats_url: NatsOpt = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+    log_level: LogLevelOpt = LogLevel.warning,
 ) -> None:
     """Run one more dispatcher on the runtime's stream (N dispatchers share the work; each command runs once)."""
     from symbiote.dispatcher import Dispatcher, Executors
@@ -232,7 +236,7 @@ def dispatcher(
     home = _home(data_dir)
 
     async def go() -> None:
-        configure_logging(log_level)
+        configure_logging(log_level.value)
         stop = asyncio.Event()
         install_signal_handlers(stop)
         async with contextlib.AsyncExitStack() as stack:

@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,18 @@ __all__ = [
     "public_key_from_kid",
     "sign_event",
     "signature_backend",
+    "valid_name",
     "verify_sig",
 ]
 
 KID_PREFIX = "ed25519:"
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+
+
+def valid_name(name: str) -> bool:
+    """True if ``name`` may follow ``user:`` or ``owner:`` (lower-case letters, digits, ``_ . -``;
+    at most 63 characters; nothing else, not even a trailing newline)."""
+    return _NAME.fullmatch(name) is not None
 
 
 def b64url(raw: bytes) -> str:
