@@ -345,6 +345,12 @@ async def test_a_request_with_a_body_its_readers_refuse_is_shown_so(world: World
     story = await why(world.bus, empty.id)
     assert not story.found and story.request_seq == seq
     assert story.lines() == [f"The request {empty.id} (seq {seq}) led to nothing: the agent made no command of it."]
+    stranger = SigningKey.generate(world.user.principal)  # the person's name, not their key
+    forged = sign_event(make_event("input.text", stranger.principal, {"text": "wipe it"}), stranger)
+    forged_seq = (await world.bus.publish(forged)).seq
+    story = await why(world.bus, forged.id)
+    assert story.request_seq == forged_seq and story.request_problem is not None
+    assert "no one can be said to have asked it: its signature does not hold (unknown_key" in story.lines()[0]
 
 
 def test_ids_are_checked_alike_and_taken_in_any_case(tmp_path: Path) -> None:

@@ -56,6 +56,7 @@ from symbiote.projections.verify import (
     reading,
     verdict_at,
 )
+from symbiote.registry.follower import RegistryFollower
 from symbiote.registry.policy import RUNTIME_DECISIONS, CommandLife, check_proposal, decision_problem, fold_command
 from symbiote.registry.state import REGISTRY_TYPES, RegistryState
 from symbiote.signers.keyring import Verdict
@@ -906,6 +907,7 @@ class CommandStory:
     problems: list[str] = field(default_factory=list)
     request_id: str | None = None  # asked by the id of the request: the command the agent made of it
     request_seq: int | None = None  # a request found in the log that nothing was made of (not found)
+    request_problem: str | None = None  # why that request does not hold, if it does not
 
     @property
     def ran(self) -> bool:
@@ -923,6 +925,7 @@ class CommandStory:
             "command_id": self.command_id,
             "request_id": self.request_id,
             "request_seq": self.request_seq,
+            "request_problem": self.request_problem,
             "found": self.found,
             "state": self.state,
             "command": self.command,
@@ -937,6 +940,8 @@ class CommandStory:
         """What the log holds under this id when no command does."""
         if self.request_seq is not None:
             where = f"The request {self.request_id} (seq {self.request_seq})"
+            if self.request_problem is not None:
+                return f"{where} led to nothing, and no one can be said to have asked it: {self.request_problem}."
             return f"{where} led to nothing: the agent made no command of it."
         return f"No command, nor a request that led to one, has the id {self.command_id}."
 
@@ -1006,7 +1011,11 @@ async def why(bus: Bus, command_id: str) -> CommandStory:
                 return story
         request = await find_input(bus, command_id, await bus.last_seq() + 1)
         if request is not None:  # a request nothing came of (yet): say so, not "no such id"
-            story.request_id, story.request_seq = command_id, request[0]
+            seq, event = request
+            story.request_id, story.request_seq = command_id, seq
+            verdict = (await RegistryFollower(bus).ensure_through(seq)).keyring.verify(event, seq)
+            if not verdict.ok:
+                story.request_problem = f"its signature does not hold ({verdict.reason}: {verdict.detail})"
         return story
     story.found = True
     last = msgs[-1].seq
