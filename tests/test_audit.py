@@ -704,3 +704,21 @@ async def test_copied_and_wrongly_signed_decisions_do_not_count_as_runs(world: W
     approval = next(s for s in echoed.steps if s.kind == "approval")
     assert not approval.ok and "did not count" in approval.text
     assert echoed.chain_ok and echoed.as_map()["chain_ok"] is True  # valid, though it did not count
+
+
+async def test_why_marks_where_the_log_lost_an_event(world: World, tmp_path: Path) -> None:
+    """The approval of a command that ran is deleted: `why` still says it ran without one (the
+    log as it is), and marks where an event went missing, so nobody takes that for the whole story."""
+    w = world
+    made = await session(w, tmp_path)
+    shell = made["shell"].id
+    approval = next(m for m in [m async for m in w.bus.read(f"sym.cmd.{shell}.approved")])
+    await w.bus.js.delete_msg(w.bus.stream, approval.seq)
+    story = await why(w.bus, shell)
+    kinds = [s.kind for s in story.steps]
+    assert kinds.index("gap") < kinds.index("execution"), kinds
+    gap = next(s for s in story.steps if s.kind == "gap")
+    assert gap.seq == approval.seq and not gap.ok and f"event #{approval.seq} was deleted" in gap.text
+    assert story.problems and not story.chain_ok
+    echo = await why(w.bus, made["echo"].id)  # a command with nothing deleted among its events
+    assert "gap" not in [s.kind for s in echo.steps]

@@ -331,6 +331,20 @@ class Bus:
         """The stream's last sequence number (0 when empty)."""
         return int((await self.stream_state()).last_seq or 0)
 
+    async def deleted_seqs(self) -> list[int]:
+        """The sequences deleted from the middle of the stream (a purged beginning is not listed:
+        the stream's first sequence says that)."""
+
+        async def call() -> Msg:
+            request = json.dumps({"deleted_details": True}).encode()
+            return await self.nc.request(f"$JS.API.STREAM.INFO.{self.stream}", request, timeout=5)
+
+        reply = json.loads((await self._retry(call)).data)
+        if "error" in reply:
+            raise BusError("stream info failed", stream=self.stream, detail=reply["error"])
+        deleted = reply.get("state", {}).get("deleted") or []
+        return sorted(int(seq) for seq in deleted)
+
     async def stream_state(self) -> api.StreamState:
         """The stream's state (first/last sequence, message count, deleted)."""
         try:

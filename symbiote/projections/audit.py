@@ -868,7 +868,7 @@ class Step:
     """One step of a command's story."""
 
     kind: str  # input | proposal | approval_request | approval | rejection | execution | result | denial |
-    # question | suggestion | note
+    # question | suggestion | note | gap
     seq: int | None
     at: int | None
     who: str | None
@@ -1071,7 +1071,16 @@ async def why(bus: Bus, command_id: str) -> CommandStory:
                     {"event_id": source.id, "type": source.type, "verified": verdict.principals},
                 )
             )
+    deleted = [d for d in await bus.deleted_seqs() if events and events[0][0] < d < events[-1][0]]
     for seq, event in events:
+        while deleted and deleted[0] < seq:  # where the log lost an event, the story says so
+            gone = deleted.pop(0)
+            text = (
+                f"event #{gone} was deleted from the log between these steps: it may have been one of this "
+                "command's (an approval, say), and what follows is judged without it (`symbiote audit` names "
+                "every deletion)"
+            )
+            story.steps.append(Step("gap", gone, None, None, text, False))
         story.steps.append(_step(state, life, command_id, seq, event, events))
     for seq, event in events:
         if event.type == "command.started" and decision_problem(state, command_id, event, seq) is None:
