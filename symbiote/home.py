@@ -149,6 +149,11 @@ class DataDir:
         return data if isinstance(data, dict) else None
 
     @property
+    def nats_port_file(self) -> Path:
+        """The port the embedded nats-server last listened on (taken again when free)."""
+        return self.root / "nats.port"
+
+    @property
     def nats_token_file(self) -> Path:
         return self.root / "nats.token"
 

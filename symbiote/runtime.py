@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -96,10 +98,14 @@ class Runtime:
             self.nats_url = self.options.nats_url
         else:  # only holders of the data dir's token may use the embedded server
             nats_token = self.home.nats_token()
-            nats = NatsServer(NatsServerConfig(store_dir=self.home.nats_dir, token=nats_token))
+            port = _remembered_port(self.home.nats_port_file)
+            nats = NatsServer(NatsServerConfig(store_dir=self.home.nats_dir, token=nats_token, port=port))
             await stack.enter_async_context(nats)
             self.servers.append(nats)
             self.nats_url = nats.url
+            # the next start takes the same port if it can: a client left running (an extra
+            # dispatcher, `events --follow`) reconnects by itself when `up` comes back
+            self.home.nats_port_file.write_text(f"{nats.port}\n")
         self.bus = await Bus.connect(self.nats_url, name="symbiote-runtime", token=nats_token)
         stack.push_async_callback(self.bus.close)
         await self.bus.ensure_stream(replicas=self.options.stream_replicas)
@@ -209,6 +215,23 @@ class Runtime:
             if task is not waiting:
                 error = None if task.cancelled() else task.exception()
                 log.error("runtime.component_stopped", component=task.get_name(), error=repr(error))
+
+
+def _remembered_port(path: Path) -> int:
+    """The port the embedded nats-server had last time, if it is free now; else 0 (any)."""
+    try:
+        port = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return 0
+    if not 0 < port < 65536:
+        return 0
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return 0  # taken by something else now
+    return port
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

@@ -16,6 +16,7 @@ from symbiote.bus.canonical import canon
 from symbiote.bus.envelope import Envelope, make_event
 from symbiote.bus.ids import new_event_id, now_ms
 from symbiote.bus.server import NatsServer
+from symbiote.bus.stream import Bus
 from symbiote.dispatcher import Dispatcher, Executors
 from symbiote.dispatcher.service import ORPHAN_GRACE_S
 from symbiote.registry.definition import ApprovalPolicy, CommandDefinition, validate_args
@@ -545,3 +546,30 @@ async def test_the_runtime_stops_when_an_embedded_server_dies(tmp_path: Path) ->
         await asyncio.wait_for(runtime.serve_until(stop), 10)  # asked to stop: no crash to report
     assert info.value.message == "nats-server stopped by itself (exit status -9)"
     assert "starting nats-server" in info.value.fields["log"]
+
+
+@pytest.mark.timeout(90)
+async def test_a_client_left_running_rejoins_up_when_it_comes_back(tmp_path: Path) -> None:
+    """The embedded nats-server takes its last port again: a client left running while `up` was
+    stopped (an extra dispatcher, `events --follow`) reconnects by itself."""
+    from symbiote.home import DataDir
+    from symbiote.runtime import Runtime, RuntimeOptions
+
+    home = DataDir(tmp_path / "home")
+    options = RuntimeOptions(postgres=False, api=False)
+    async with Runtime(home, options) as first:
+        assert first.nats_url is not None
+        url = first.nats_url
+        left = await Bus.connect(url, token=home.nats_token())
+    try:
+        async with Runtime(home, options) as second:
+            assert second.nats_url == url
+            await asyncio.wait_for(_until_connected(left), 20)
+            assert await left.last_seq() > 0
+    finally:
+        await left.close()
+
+
+async def _until_connected(bus: Bus) -> None:
+    while not bus.connected:
+        await asyncio.sleep(0.05)
