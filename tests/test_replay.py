@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -250,4 +251,7 @@ def test_cli_replay(nats_url: str, pg_dsn: str, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [*args, "--into", "kept_copy", "--json"])  # the name is free again
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(app, ["replay", "--data-dir", str(home.root), "--nats-url", nats_url])
-    assert result.exit_code == 1 and "PostgreSQL is not known" in result.output
+    assert result.exit_code == 1 and "PostgreSQL is not known: the runtime is not up" in result.output
+    home.write_runtime({"nats_url": nats_url, "postgres_dsn": None, "api_url": None, "pid": os.getpid()})
+    result = CliRunner().invoke(app, ["replay", "--data-dir", str(home.root), "--nats-url", nats_url])
+    assert result.exit_code == 1 and "the running runtime has none (started with --no-postgres)" in result.output

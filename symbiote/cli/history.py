@@ -39,10 +39,12 @@ PostgresOpt = Annotated[
 
 
 def _dsn(home: DataDir, postgres_dsn: str | None) -> str:
-    dsn = postgres_dsn or (home.read_runtime() or {}).get("postgres_dsn")
+    runtime = home.read_runtime()
+    dsn = postgres_dsn or (runtime or {}).get("postgres_dsn")
     if not dsn:
+        why = "the running runtime has none (started with --no-postgres)" if runtime else "the runtime is not up"
         raise ConfigError(
-            "PostgreSQL is not known: start the runtime (`symbiote up`) or pass --postgres-dsn",
+            f"PostgreSQL is not known: {why}; start `symbiote up` with it, or pass --postgres-dsn",
             data_dir=str(home.root),
         )
     return str(dsn)

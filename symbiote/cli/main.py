@@ -141,7 +141,10 @@ def up(
             console.print(f"[green]symbiote is up[/green]  data: {plain(home.root)}")
             nats = redact_url(runtime.nats_url or "")
             console.print(
-                plain(f"  nats: {nats}   postgres: {redact_url(runtime.postgres_dsn or '')}   api: {runtime.api_url}")
+                plain(
+                    f"  nats: {nats}   postgres: {redact_url(runtime.postgres_dsn) if runtime.postgres_dsn else 'none'}"
+                    f"   api: {runtime.api_url or 'none'}"
+                )
             )
             shown = home.root / "demo-shown"
             if demo and shown.exists():

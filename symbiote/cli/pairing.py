@@ -161,9 +161,13 @@ def _interrupt_on_stop_signals() -> None:
 
 def _api_address(home: DataDir, url: str | None) -> tuple[str, str]:
     """The API's base URL (``--url`` or the runtime's) and its certificate fingerprint (hex)."""
-    base = url or (home.read_runtime() or {}).get("api_url")
+    runtime = home.read_runtime()
+    base = url or (runtime or {}).get("api_url")
     if not base:
-        raise ConfigError("the API is not running: run `symbiote up` (or pass --url)", data_dir=str(home.root))
+        why = "the running runtime has none (started with --no-api)" if runtime else "the runtime is not up"
+        raise ConfigError(
+            f"the API is not running: {why}; start `symbiote up` with it (or pass --url)", data_dir=str(home.root)
+        )
     if not str(base).startswith("https://"):
         raise ConfigError("the API URL must be https://", url=base)
     return str(base), fingerprint_of(load_certificate(home.tls_dir))
