@@ -77,6 +77,8 @@ def test_intent_ranking_and_extraction() -> None:
     assert extract_args(definitions["echo"], "echo") is None
     named = extract_args(definitions["note.write"], "take a note called groceries: milk and eggs")
     assert named == {"name": "groceries.txt", "text": "milk and eggs\n"}
+    saying = extract_args(definitions["note.write"], "write a note called groceries saying buy milk")
+    assert saying == {"name": "groceries.txt", "text": "buy milk\n"}
 
 
 async def test_clear_request_becomes_signed_proposal(world: World, agent: Agent) -> None:

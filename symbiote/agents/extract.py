@@ -58,7 +58,11 @@ def extract_args(definition: CommandDefinition, text: str) -> dict[str, Any] | N
         if not rest:
             return None
         # "… called groceries: milk and eggs": the name, then what the note says
-        named = re.match(r"^(?:called|named|titled)\s+(.+?)\s*[:–—]\s*(.+)$", rest, flags=re.IGNORECASE | re.DOTALL)
+        named = re.match(
+            r"^(?:called|named|titled)\s+(.+?)(?:\s*[:–—]|\s+(?:saying|that says))\s*(.+)$",
+            rest,
+            flags=re.IGNORECASE | re.DOTALL,
+        )
         if named:
             return {"name": _slug(named[1]), "text": named[2].strip() + "\n"}
         return {"name": _slug(rest), "text": rest + "\n"}
