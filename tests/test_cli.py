@@ -378,3 +378,22 @@ def test_names_and_log_levels_are_checked_before_anything_starts(tmp_path: Path)
     for command in ("up", "dispatcher"):
         loud = cli(tmp_path, command, "--log-level", "LOUD", check=False)
         assert loud.returncode == 2 and "'LOUD' is not one of" in loud.stderr and "Traceback" not in loud.stderr
+
+
+async def test_events_says_where_the_log_lost_events(world: World) -> None:
+    from symbiote.cli.chain import rows
+    from symbiote.cli.common import _print_row, _summary_text, console
+
+    last = await world.bus.last_seq()
+    await world.bus.js.delete_msg(world.bus.stream, last - 1)
+    await world.bus.js.delete_msg(world.bus.stream, last - 2)
+    found = [row async for row in rows(world.bus)]
+    assert [row.seq for row in found] == [*range(1, last - 1), last]  # one row for the two missing
+    gap = found[last - 3]
+    assert gap.event is None and gap.problem is not None
+    assert gap.problem.startswith(f"#{last - 2}–#{last - 1} were deleted from the log")
+    with console.capture() as captured:
+        _print_row(gap)
+    assert "were deleted from the log" in captured.get()
+    body = {"first_seq": 1, "last_seq": 9, "count": 9}
+    assert _summary_text("audit.checkpoint", body) == "covers #1–#9 (9 events)"

@@ -59,9 +59,20 @@ async def rows(bus: Bus, *, from_seq: int = 1, follow: bool = False, subject: st
                     break
                 _fold(state, msg)
     source = bus.follow(subject, from_seq=from_seq) if follow else bus.read(subject, from_seq=from_seq)
+    expected = from_seq  # the whole log has every sequence: a skipped one was deleted
     async with contextlib.aclosing(source) as messages:
         async for msg in messages:
+            if subject == "sym.>" and msg.seq > expected:
+                yield _missing(expected, msg.seq - 1)
+            expected = msg.seq + 1
             yield _row(state, msg)
+
+
+def _missing(first: int, last: int) -> EventRow:
+    """A row for sequences the log no longer holds."""
+    where = f"#{first}" if first == last else f"#{first}–#{last}"
+    words = "was" if first == last else "were"
+    return EventRow(first, "", None, [], f"{where} {words} deleted from the log (or purged): see `symbiote audit`")
 
 
 def _fold(state: RegistryState, msg: StoredMsg) -> None:

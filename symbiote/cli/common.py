@@ -187,7 +187,8 @@ def _print_row(row: EventRow, *, compact: bool = False) -> None:
     elif row.problem:
         signed = f"[red]✗ {plain(row.problem)}[/red]"
     if event is None:
-        console.print(f"{row.seq:>6}  {plain(row.subject)}  [red]{plain(row.problem)}[/red]")
+        where = f"{plain(row.subject)}  " if row.subject else ""
+        console.print(f"{row.seq:>6}  {where}[red]{plain(row.problem)}[/red]", soft_wrap=True)
         return
     summary = _summary(event.type, event.body)
     # soft wrap: a long line runs on instead of being broken inside an id someone has to copy
@@ -238,4 +239,6 @@ def _summary_text(kind: str, body: dict[str, Any]) -> str:
         return f"{body.get('principal')} {body.get('kid')}"
     if kind == "command.defined":
         return str(_map(body, "definition").get("name"))
+    if kind == "audit.checkpoint":
+        return f"covers #{body.get('first_seq')}–#{body.get('last_seq')} ({body.get('count')} events)"
     return ""

@@ -335,12 +335,13 @@ async def _transcribe(audio: Path, as_json: bool) -> Transcript:
 @app.command()
 def events(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events")] = False,
-    from_seq: Annotated[int, typer.Option("--from", help="First stream sequence")] = 1,
+    from_seq: Annotated[int, typer.Option("--from", min=1, help="First stream sequence")] = 1,
     data_dir: DataDirOpt = None,
     nats_url: NatsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List the log: seq, type, actor, who verifiably signed, and what each event says."""
+    """List the log: seq, type, actor, who verifiably signed, and what each event says (and
+    where events were deleted)."""
     home = _home(data_dir)
 
     async def go() -> None:
