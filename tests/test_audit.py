@@ -229,7 +229,7 @@ async def test_an_event_signed_with_an_unregistered_key_is_named(world: World, t
     report = await audit(w.bus, checkpoint_dir=w.home.checkpoints_dir)
     first = report.first_failure
     assert first is not None and first.seq == seq and first.kind == "signature"
-    assert "not registered" in first.message
+    assert "claiming to be from user:ann is signed with a key that was not registered" in first.message
     assert len(report.failures) == 1
 
 

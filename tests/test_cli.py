@@ -397,3 +397,12 @@ async def test_events_says_where_the_log_lost_events(world: World) -> None:
     assert "were deleted from the log" in captured.get()
     body = {"first_seq": 1, "last_seq": 9, "count": 9}
     assert _summary_text("audit.checkpoint", body) == "covers #1–#9 (9 events)"
+
+
+def test_a_policy_is_described_in_words() -> None:
+    from symbiote.registry.definition import ApprovalPolicy, duration_words
+
+    assert ApprovalPolicy(mode="user").describe() == "needs 1 approval from any registered user within 10 minutes"
+    two = ApprovalPolicy(mode="user", quorum=2, principals=["user:a", "user:b"], expires_in=3600)
+    assert two.describe() == "needs 2 approvals from user:a, user:b within 1 hour"
+    assert [duration_words(s) for s in (1, 90, 120, 86400 * 2)] == ["1 second", "90 seconds", "2 minutes", "2 days"]

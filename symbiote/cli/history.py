@@ -100,6 +100,9 @@ def replay_command(
             console.print("[green]the replay equals the live projections[/green]")
         elif report.mismatches:
             console.print(f"[red]mismatch in: {', '.join(report.mismatches)}[/red]")
+            console.print(
+                "the live tables differ from what the log says: `symbiote audit` tells whether the log was altered"
+            )
     if not report.ok:
         raise typer.Exit(1)
 

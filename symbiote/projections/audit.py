@@ -604,12 +604,16 @@ def _check_owner(auditor: _Auditor, owner_kid: str) -> None:
 
 def _signature_words(event: Envelope, verdict: Verdict) -> str:
     reason = verdict.reason
+    # the actor is only what the event claims: the signature is what does not hold
     if reason == "unknown_key":
-        return f"{event.type} from {event.actor} is signed with a key that was not registered ({verdict.detail})"
+        return (
+            f"{event.type} claiming to be from {event.actor} is signed with a key that was not registered "
+            f"({verdict.detail})"
+        )
     if reason == "revoked_key":
-        return f"{event.type} from {event.actor} is signed with a revoked key ({verdict.detail})"
+        return f"{event.type} claiming to be from {event.actor} is signed with a revoked key ({verdict.detail})"
     if reason == "bad_signature":
-        return f"{event.type} from {event.actor} has a signature that does not verify ({verdict.detail})"
+        return f"{event.type} claiming to be from {event.actor} has a signature that does not verify ({verdict.detail})"
     return f"{event.type}: {reason}: {verdict.detail}"
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "CommandDefinition",
     "SandboxSpec",
     "definition_problems",
+    "duration_words",
     "load_definition",
     "validate_args",
     "validation_words",
@@ -50,7 +51,17 @@ class ApprovalPolicy(BaseModel):
         if self.mode == "none":
             return "runs without approval"
         who = ", ".join(self.principals) if self.principals else "any registered user"
-        return f"needs {self.quorum} approval(s) from {who} within {self.expires_in}s"
+        count = "1 approval" if self.quorum == 1 else f"{self.quorum} approvals"
+        return f"needs {count} from {who} within {duration_words(self.expires_in)}"
+
+
+def duration_words(seconds: int) -> str:
+    """``600`` → ``"10 minutes"``: the largest whole unit (days, hours, minutes), else seconds."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
 
 
 class SandboxSpec(BaseModel):
