@@ -310,6 +310,10 @@ async def test_events_are_paged_and_verified(stack: Stack) -> None:
     assert {row["event"]["type"] for row in keys_only["events"]} == {"key.registered"}
     bad = await stack.client.get("/api/events", params={"subject": "not a subject"})
     assert bad.status_code == 422
+    # every refusal answers alike, FastAPI's own too: {error, detail}, in words
+    assert bad.json()["error"] == "invalid_request" and bad.json()["detail"].startswith("query.subject: ")
+    missing = await stack.client.get("/api/nowhere")
+    assert missing.status_code == 404 and missing.json() == {"error": "not_found", "detail": "Not Found"}
 
 
 # -- approvals ----------------------------------------------------------------------------------

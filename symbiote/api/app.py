@@ -40,10 +40,12 @@ from typing import Annotated, Any
 import structlog
 import uvicorn
 from fastapi import Depends, FastAPI, Query, Request, Response, Security
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from symbiote.agents.voice import Transcriber
@@ -385,6 +387,21 @@ def create_app(
     @app.exception_handler(ApiRefusal)
     async def _on_refusal(_: Request, exc: ApiRefusal) -> JSONResponse:
         return _refusal(exc)
+
+    # FastAPI's own refusals (a malformed body, an unknown path) answer as ours do: {error, detail}
+    @app.exception_handler(RequestValidationError)
+    async def _on_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        words = "; ".join(
+            f"{'.'.join(str(p) for p in error.get('loc', ()) if p != 'body') or 'the request'}: {error.get('msg')}"
+            for error in exc.errors()[:10]
+        )
+        return _refusal(ApiRefusal(422, "invalid_request", words or "the request is not valid"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "refused")
+        body = {"error": reason, "detail": str(exc.detail)}
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(BusError)
     async def _on_bus_error(_: Request, exc: BusError) -> JSONResponse:
