@@ -823,3 +823,18 @@ def test_keys_pair_stopped_by_a_signal_cancels_its_code(tmp_path: Path, sig: int
     finally:
         proc.kill()
     assert list(store.dir.glob("*.json")) == []  # the code no longer works
+
+
+def test_a_question_or_a_suggestion_is_not_shown_as_a_proposed_command() -> None:
+    from symbiote.api.models import view_of
+    from symbiote.registry.policy import CommandLife
+
+    for kind, body, state in (
+        ("command.clarify", {"question": "which file?"}, "asked_back"),
+        ("command.suggested", {"request": "book a flight", "suggestion": {}}, "suggested"),
+    ):
+        command_id = "01a23c4c-dd2c-7000-8000-0123456789ab"
+        life = CommandLife(command_id)
+        life.events.append((5, make_event(kind, "agent:main", {"command_id": command_id, **body})))
+        assert view_of(life).state == state
+    assert view_of(CommandLife(command_id)).state == "proposed"

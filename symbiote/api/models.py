@@ -61,7 +61,10 @@ class CommandView(BaseModel):
     command_id: str
     command: str | None = None
     args: dict[str, Any] | None = None
-    state: str = Field(description="proposed, awaiting_approval, started, succeeded, failed or denied")
+    state: str = Field(
+        description="proposed, awaiting_approval, started, succeeded, failed or denied; for what the agent "
+        "made of a request without proposing a command: asked_back or suggested"
+    )
     proposed_by: str | None = None
     at: int | None = Field(None, description="when it was proposed (ms since the epoch)")
     corr: str | None = None
@@ -171,7 +174,10 @@ def view_of(life: CommandLife) -> CommandView:
     """The folded state of one command."""
     proposal = life.proposal
     terminal = life.terminal
-    summary = life.summary()
+    state = str(life.summary()["state"])
+    if proposal is None and terminal is None:  # a question back, or a suggestion: no command was proposed
+        kinds = {event.type for _, event in life.events}
+        state = "asked_back" if "command.clarify" in kinds else "suggested" if "command.suggested" in kinds else state
     body = terminal.body if terminal is not None else {}
     exit_code = body.get("exit_code")
     reason = body.get("reason") if terminal is not None and terminal.type == "command.denied" else None
@@ -179,7 +185,7 @@ def view_of(life: CommandLife) -> CommandView:
         command_id=life.command_id,
         command=str(proposal.body.get("command")) if proposal else None,
         args=_args_of(proposal) if proposal else None,
-        state=str(summary["state"]),
+        state=state,
         proposed_by=proposal.actor if proposal else None,
         at=proposal.at if proposal else None,
         corr=proposal.corr if proposal else None,
