@@ -355,6 +355,8 @@ async def test_a_request_with_a_body_its_readers_refuse_is_shown_so(world: World
 
 def test_ids_are_checked_alike_and_taken_in_any_case(tmp_path: Path) -> None:
     cli(tmp_path, "init")
+    listed = cli(tmp_path, "events").stdout  # the runtime is down: the log is read all the same
+    assert "key.registered" in listed.splitlines()[0], listed
     for args in (["why", "nonsense"], ["approve", "12345"], ["reject", "not-an-id"]):
         refused = cli(tmp_path, *args, check=False)
         assert refused.returncode == 2 and "is not an id: a command or request id is a UUID" in refused.stderr

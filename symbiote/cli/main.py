@@ -345,7 +345,8 @@ def events(
     home = _home(data_dir)
 
     async def go() -> None:
-        async with _bus(home, nats_url) as bus:
+        # reading the log needs no runtime (as audit and why): with it down, its store is read here
+        async with _bus(home, nats_url, start_if_down=not follow) as bus:
             async for row in rows(bus, from_seq=from_seq, follow=follow):
                 _emit(row, as_json)
 
