@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Iterable
-from typing import Any, Self
+from collections.abc import Coroutine, Iterable
+from typing import Any, Self, TypeVar
 
-__all__ = ["Service", "cancel_and_wait", "tune_gc"]
+T = TypeVar("T")
+
+__all__ = ["Service", "Stopped", "cancel_and_wait", "tune_gc", "unless_stopped"]
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
@@ -17,6 +19,24 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
+
+
+class Stopped(Exception):
+    """:func:`unless_stopped` gave up: the stop was asked for first."""
+
+
+async def unless_stopped(stop: asyncio.Event, call: Coroutine[Any, Any, T]) -> T:
+    """Await ``call`` unless ``stop`` is set first: then cancel it and raise :class:`Stopped`.
+    What ``call`` raises is raised here."""
+    task = asyncio.ensure_future(call)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_and_wait([stopping] if task.done() else [task, stopping])
+    if task.cancelled():
+        raise Stopped
+    return task.result()
 
 
 class Service:

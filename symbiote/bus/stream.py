@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import nats
@@ -29,7 +29,7 @@ from symbiote.bus.envelope import MAX_EVENT_BYTES, Envelope
 from symbiote.bus.events import subject_for
 from symbiote.bus.reader import StoredMsg, raise_if_cancelling, read_ordered
 from symbiote.errors import BusError, ConflictError, DecodeError
-from symbiote.lifecycle import cancel_and_wait
+from symbiote.lifecycle import Stopped, cancel_and_wait, unless_stopped
 
 __all__ = [
     "DEFAULT_STREAM",
@@ -506,10 +506,10 @@ class PullConsumer:
             try:
                 # binding waits on NATS (minutes of retries while it is away): a stop does not wait for it
                 try:
-                    await _unless_stopped(self._stop, self.ensure())
+                    await unless_stopped(self._stop, self.ensure())
                     binding = self.bus.js.pull_subscribe_bind(self.durable, stream=self.bus.stream)
-                    sub = await _unless_stopped(self._stop, binding)
-                except _Stopped:
+                    sub = await unless_stopped(self._stop, binding)
+                except Stopped:
                     break
                 backoff = 0.1
                 while not self._stop.is_set():
@@ -536,23 +536,6 @@ class PullConsumer:
     def shutdown(self) -> None:
         """Ask ``run()`` to return after the batch in hand; idempotent."""
         self._stop.set()
-
-
-class _Stopped(Exception):
-    """:func:`_unless_stopped` gave up: the stop was asked for first."""
-
-
-async def _unless_stopped(stop: asyncio.Event, call: Coroutine[Any, Any, T]) -> T:
-    """Await ``call`` unless ``stop`` is set first: then cancel it and raise :class:`_Stopped`."""
-    task = asyncio.ensure_future(call)
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        await cancel_and_wait([stopping] if task.done() else [task, stopping])
-    if task.cancelled():
-        raise _Stopped
-    return task.result()
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -45,7 +45,7 @@ from symbiote.bus.envelope import Envelope, from_wire, make_event
 from symbiote.bus.events import AuditCheckpoint, parse_body
 from symbiote.bus.stream import Bus
 from symbiote.errors import BusError, ConflictError, DecodeError, StoreError, SymbioteError
-from symbiote.lifecycle import cancel_and_wait
+from symbiote.lifecycle import Stopped, unless_stopped
 from symbiote.projections.db import DB_ERRORS, apply_migrations, connect, translate
 from symbiote.projections.verify import CHECKPOINT_SUBJECT, entry_hash, reading
 from symbiote.registry.follower import RegistryFollower
@@ -296,12 +296,11 @@ class Checkpointer:
         Shutting down cancels a checkpoint in flight (NATS gone away would hold it for minutes of
         retries; one cut short is taken up on the next start: the stream is the truth), then
         makes a final one, bounded, when ``final`` and NATS is there to take it."""
-        schedule = asyncio.create_task(self._schedule(), name="checkpoint-schedule")
-        stopping = asyncio.create_task(self._stop.wait())
         try:
-            await asyncio.wait([schedule, stopping], return_when=asyncio.FIRST_COMPLETED)
+            await unless_stopped(self._stop, self._schedule())
+        except Stopped:
+            pass
         finally:
-            await cancel_and_wait([schedule, stopping])
             try:
                 if self.final and self.bus.connected:
                     try:
@@ -310,8 +309,6 @@ class Checkpointer:
                         log.warning("checkpoint.final_failed", error=str(exc))
             finally:
                 await self._close_db()
-        if not schedule.cancelled() and schedule.exception() is not None:
-            raise schedule.exception()  # type: ignore[misc]
 
     async def _schedule(self) -> None:
         last_time = time.monotonic()
