@@ -57,7 +57,14 @@ from symbiote.projections.verify import (
     verdict_at,
 )
 from symbiote.registry.follower import RegistryFollower
-from symbiote.registry.policy import RUNTIME_DECISIONS, CommandLife, check_proposal, decision_problem, fold_command
+from symbiote.registry.policy import (
+    RUNTIME_DECISIONS,
+    CommandLife,
+    check_proposal,
+    decision_problem,
+    fold_command,
+    runtime_signed,
+)
 from symbiote.registry.state import REGISTRY_TYPES, RegistryState
 from symbiote.signers.keyring import Verdict
 
@@ -374,7 +381,7 @@ class _Auditor:
                 self.add(Finding(seq, "fail", "signature", _signature_words(event, verdict), event.id, cid))
             else:
                 self._check_role(event, seq, verdict, cid)
-                by_runtime = event.actor_role == "runtime" and all(check.role == "runtime" for check in verdict.checks)
+                by_runtime = runtime_signed(event, verdict)
                 if event.type.startswith("input."):
                     self._remember_input(event)
         self._check_shape(item, event, cid)

@@ -14,6 +14,7 @@ from symbiote.bus.events import CommandApproved, CommandProposed, CommandRejecte
 from symbiote.errors import DecodeError
 from symbiote.registry.definition import ApprovalPolicy, CommandDefinition, validate_args
 from symbiote.registry.state import RegistryState
+from symbiote.signers.keyring import Verdict
 
 __all__ = [
     "RUNTIME_DECISIONS",
@@ -26,6 +27,7 @@ __all__ = [
     "eligible_approvers",
     "fold_command",
     "fold_event",
+    "runtime_signed",
     "signed_late",
 ]
 
@@ -167,7 +169,13 @@ RUNTIME_DECISIONS = frozenset(
 def _by_runtime(state: RegistryState, event: Envelope, seq: int) -> bool:
     """True if ``event`` is signed, as its actor, only by runtime keys valid at ``seq``."""
     verdict = state.keyring.verify(event, seq)
-    return verdict.ok and event.actor_role == "runtime" and all(c.role == "runtime" for c in verdict.checks)
+    return verdict.ok and runtime_signed(event, verdict)
+
+
+def runtime_signed(event: Envelope, verdict: Verdict) -> bool:
+    """Whether ``event``, whose signatures gave ``verdict``, claims to be the runtime's and only
+    runtime keys signed it (whether those signatures hold is ``verdict.ok``'s to say)."""
+    return event.actor_role == "runtime" and all(check.role == "runtime" for check in verdict.checks)
 
 
 def decision_problem(state: RegistryState, command_id: str, event: Envelope, seq: int) -> str | None:
