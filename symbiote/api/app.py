@@ -66,6 +66,7 @@ from symbiote.home import DataDir
 from symbiote.registry.policy import Denial, check_approval
 from symbiote.registry.state import REGISTRY_TYPES
 from symbiote.signers.keys import public_key_from_kid, verify_sig
+from symbiote.validation import error_words
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -391,10 +392,7 @@ def create_app(
     # FastAPI's own refusals (a malformed body, an unknown path) answer as ours do: {error, detail}
     @app.exception_handler(RequestValidationError)
     async def _on_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        words = "; ".join(
-            f"{'.'.join(str(p) for p in error.get('loc', ()) if p != 'body') or 'the request'}: {error.get('msg')}"
-            for error in exc.errors()[:10]
-        )
+        words = error_words(exc.errors(), "the request", skip={"body"})
         return _refusal(ApiRefusal(422, "invalid_request", words or "the request is not valid"))
 
     @app.exception_handler(StarletteHTTPException)
