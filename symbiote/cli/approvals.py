@@ -26,7 +26,7 @@ from symbiote.cli.common import (
 )
 from symbiote.errors import SymbioteError
 from symbiote.home import DataDir
-from symbiote.projections.audit import find_input, human_time
+from symbiote.projections.audit import find_verified_input, human_time
 from symbiote.projections.jsontext import jsonable
 from symbiote.registry.commands import load_life, pending_approvals
 from symbiote.registry.follower import RegistryFollower
@@ -115,12 +115,11 @@ async def _asked(bus: Bus, follower: RegistryFollower, life: CommandLife) -> dic
     """Who asked for this command, and in what words: only from a request whose signatures
     verify (as the registry stood where it lies); otherwise what is wrong with it."""
     cause = life.proposal.cause if life.proposal is not None else None
-    asked = await find_input(bus, cause, life.proposal_seq) if cause else None
+    asked = await find_verified_input(bus, cause, life.proposal_seq, follower) if cause else None
     if asked is None:
         problem = f"the request it answers ({cause}) is not in the log" if cause else None
         return {"asked_by": None, "request_text": None, "request_problem": problem}
-    seq, request = asked
-    verdict = (await follower.ensure_through(seq)).keyring.verify(request, seq)
+    seq, request, verdict = asked
     if not verdict.ok:
         problem = f"the request at seq {seq} could not be verified ({verdict.reason}): who asked is unknown"
         return {"asked_by": None, "request_text": None, "request_problem": problem}

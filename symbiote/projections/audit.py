@@ -79,6 +79,7 @@ __all__ = [
     "Step",
     "audit",
     "find_input",
+    "find_verified_input",
     "human_time",
     "judge_execution",
     "why",
@@ -1007,6 +1008,19 @@ async def find_input(bus: Bus, input_id: str, before_seq: int) -> tuple[int, Env
     return None
 
 
+async def find_verified_input(
+    bus: Bus, input_id: str, before_seq: int, follower: RegistryFollower | None = None
+) -> tuple[int, Envelope, Verdict] | None:
+    """:func:`find_input`, with the request's signatures checked as the registry stood where it
+    lies (``follower`` reads the registry; a new one unless given)."""
+    found = await find_input(bus, input_id, before_seq)
+    if found is None:
+        return None
+    seq, event = found
+    state = await (follower or RegistryFollower(bus)).ensure_through(seq)
+    return seq, event, state.keyring.verify(event, seq)
+
+
 async def why(bus: Bus, command_id: str) -> CommandStory:
     """The chain of one command: input → proposal (agent, confidence) → approvals → execution → result."""
     if not is_event_id(command_id):
@@ -1020,11 +1034,10 @@ async def why(bus: Bus, command_id: str) -> CommandStory:
                 story = await why(bus, derived)
                 story.request_id = command_id
                 return story
-        request = await find_input(bus, command_id, await bus.last_seq() + 1)
+        request = await find_verified_input(bus, command_id, await bus.last_seq() + 1)
         if request is not None:  # a request nothing came of (yet): say so, not "no such id"
-            seq, event = request
+            seq, _, verdict = request
             story.request_id, story.request_seq = command_id, seq
-            verdict = (await RegistryFollower(bus).ensure_through(seq)).keyring.verify(event, seq)
             if not verdict.ok:
                 story.request_problem = f"its signature does not hold ({verdict.reason}: {verdict.detail})"
         return story
