@@ -174,10 +174,8 @@ def view_of(life: CommandLife) -> CommandView:
     """The folded state of one command."""
     proposal = life.proposal
     terminal = life.terminal
-    state = str(life.summary()["state"])
-    if proposal is None and terminal is None:  # a question back, or a suggestion: no command was proposed
-        kinds = {event.type for _, event in life.events}
-        state = "asked_back" if "command.clarify" in kinds else "suggested" if "command.suggested" in kinds else state
+    replies = {"command.clarify": "asked_back", "command.suggested": "suggested"}  # no command was proposed
+    state = replies[life.reply] if life.reply else str(life.summary()["state"])
     body = terminal.body if terminal is not None else {}
     exit_code = body.get("exit_code")
     reason = body.get("reason") if terminal is not None and terminal.type == "command.denied" else None

@@ -1059,15 +1059,14 @@ async def why(bus: Bus, command_id: str) -> CommandStory:
         except DecodeError as exc:
             story.steps.append(Step("note", msg.seq, None, None, f"unreadable message on {msg.subject}: {exc}", False))
     life = fold_command(command_id, events, state)
-    kinds = {event.type for _, event in events}
     if life.proposal or life.terminal:
         story.state = str(life.summary()["state"])
-    elif "command.clarify" in kinds:
-        story.state = "the agent asked what was meant"
-    elif "command.suggested" in kinds:
-        story.state = "no command fits: the agent suggested one"
     else:
-        story.state = "no proposal"
+        replies = {
+            "command.clarify": "the agent asked what was meant",
+            "command.suggested": "no command fits: the agent suggested one",
+        }
+        story.state = replies[life.reply] if life.reply else "no proposal"
     if life.proposal is not None:
         story.command = str(life.proposal.body.get("command"))
     # the request it answers: the proposal's cause, or a question's or a suggestion's (an event

@@ -150,6 +150,15 @@ class CommandLife:
             return False
         return len(self.approvals) >= self.definition.approval.quorum
 
+    @property
+    def reply(self) -> str | None:
+        """What the agent made of the request instead of a command (``command.clarify``: it asked
+        back; ``command.suggested``: no command fits); None when a command was proposed or ended."""
+        if self.proposal is not None or self.terminal is not None:
+            return None
+        kinds = {event.type for _, event in self.events}
+        return next((kind for kind in ("command.clarify", "command.suggested") if kind in kinds), None)
+
     def summary(self) -> dict[str, Any]:
         state = "proposed"
         if self.terminal is not None:
