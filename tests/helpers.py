@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -187,16 +188,26 @@ def speak(text: str, path: Path) -> Path:
     return path
 
 
-async def publish_raw_subject(bus: Bus, subject: bytes, payload: bytes) -> None:
-    """Publish with bytes for a subject, as any client of the server can (nats-py would refuse)."""
+async def publish_raw_subject(bus: Bus, subject: bytes, payload: bytes) -> int:
+    """Publish with bytes for a subject, as any client of the server can (nats-py would refuse),
+    and wait for JetStream to store it: returns the sequence its acknowledgement names."""
     url = bus.nc.connected_url
     assert url is not None and url.hostname is not None and url.port is not None
     reader, writer = await asyncio.open_connection(url.hostname, url.port)
     try:
         await reader.readline()  # INFO
-        frame = b"PUB " + subject + b" " + str(len(payload)).encode() + b"\r\n" + payload + b"\r\n"
-        writer.write(b'CONNECT {"verbose":false}\r\n' + frame + b"PING\r\n")
+        inbox = b"_INBOX.raw_subject_ack"
+        frame = b"PUB " + subject + b" " + inbox + b" " + str(len(payload)).encode() + b"\r\n" + payload + b"\r\n"
+        writer.write(b'CONNECT {"verbose":false}\r\nSUB ' + inbox + b" 1\r\n" + frame)
         await writer.drain()
-        assert (await reader.readline()).strip() == b"PONG"
+        while True:  # the server may PING first; the acknowledgement is the one MSG to the inbox
+            line = await asyncio.wait_for(reader.readline(), timeout=10)
+            if line.startswith(b"PING"):
+                writer.write(b"PONG\r\n")
+                continue
+            assert line.startswith(b"MSG "), line
+            ack = json.loads((await reader.readexactly(int(line.split()[-1]) + 2))[:-2])
+            assert "error" not in ack, ack
+            return int(ack["seq"])
     finally:
         writer.close()

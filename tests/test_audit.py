@@ -156,10 +156,9 @@ async def test_a_subject_that_is_not_utf8_is_checkpointed_and_audited(world: Wor
     report = await audit(w.bus, checkpoint_dir=w.home.checkpoints_dir)
     assert report.ok, report.findings
     write_html(report, tmp_path / "report.html")
-    await publish_raw_subject(w.bus, b"sym.in.caf\\xe9", w.text("a backslash, x, e and 9").to_wire())
+    literal = await publish_raw_subject(w.bus, b"sym.in.caf\\xe9", w.text("a backslash, x, e and 9").to_wire())
     msgs = {m.seq: m.subject async for m in w.bus.read()}
     bad = next(seq for seq, subject in msgs.items() if subject.startswith("sym.in.caf"))
-    literal = await w.bus.last_seq()
     assert (msgs[bad], msgs[literal]) == ("sym.in.caf\\xe9 (not UTF-8)", "sym.in.caf\\xe9")
     direct = await w.bus.get(bad)
     assert direct is not None and direct.subject == msgs[bad]  # a direct get reads it the same
@@ -673,8 +672,7 @@ async def test_copied_and_wrongly_signed_decisions_do_not_count_as_runs(world: W
         await w.send(event)
     started = w.runtime_event("command.started", echo, sandbox={"backend": "inprocess"})
     await w.send(started)
-    await publish_raw_subject(w.bus, f"sym.cmd.{risky.id}.started".encode(), started.to_wire())
-    copy_seq = await w.bus.last_seq()
+    copy_seq = await publish_raw_subject(w.bus, f"sym.cmd.{risky.id}.started".encode(), started.to_wire())
     body = {"command_id": risky.id, "exit_code": 0, "output": {"text": ""}, "duration_ms": 1}
     forged_seq = await w.send(w.sign(w.agent, "command.succeeded", body, corr=risky.corr, cause=risky.id))
     await w.send(w.runtime_event("command.started", lost, sandbox={"backend": "inprocess"}))
