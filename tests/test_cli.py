@@ -94,6 +94,7 @@ def test_a_fresh_install_passes_the_audit_at_any_later_time(tmp_path: Path) -> N
     assert data_dir.stat().st_mode & 0o077 == 0
 
 
+@pytest.mark.timeout(300)  # some thirty CLI processes and `up` with PostgreSQL, on a slow machine too
 def test_up_say_events_keys_and_clean_stop(running: tuple[Path, subprocess.Popen[str]], tmp_path: Path) -> None:
     data_dir, proc = running
     runtime = json.loads((data_dir / "runtime.json").read_text())

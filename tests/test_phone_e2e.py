@@ -118,7 +118,7 @@ async def pair(context: Any, home: DataDir, api: ApiServer, name: str, shot: str
     await page.locator("#pair-button").click()
     await page.locator("#main-view").wait_for(state="visible", timeout=10_000)
     assert await page.locator("#me-principal").text_content() == f"user:{name}"
-    await page.locator("#conn.live").wait_for(timeout=5_000)
+    await page.locator("#conn.live").wait_for(timeout=30_000)
     return page
 
 
@@ -161,11 +161,11 @@ async def test_pair_approve_and_reject_on_the_phone(browser: Any, system: tuple[
         # a shell.run request shows up within a second of its approval request
         proposal = await propose(bus, home, ["echo", "hi"], text="run echo hi")
         card = page.locator(f'article.card[data-command-id="{proposal.id}"]')
-        await card.wait_for(state="visible", timeout=5_000)
+        await card.wait_for(state="visible", timeout=30_000)
         shown_at = now_ms()
         requested = await wait_type(bus, proposal.id, "command.approval_requested")
         assert shown_at - requested.at < 1000, f"card shown {shown_at - requested.at} ms after the request"
-        await card.locator(".verify.ok").wait_for(timeout=5_000)
+        await card.locator(".verify.ok").wait_for(timeout=30_000)
         assert (await card.locator(".args").text_content()) == "$ echo hi"
         assert (await card.locator(".cmd").text_content()) == "shell.run"
         assert "High risk" in (await card.locator(".risk").text_content() or "")
@@ -182,20 +182,20 @@ async def test_pair_approve_and_reject_on_the_phone(browser: Any, system: tuple[
         assert [s.kid for s in approved.sigs] == [phone_kid]
         assert approved.body["digest"] == proposal.digest()
         assert approved.cause == proposal.id and approved.corr == proposal.corr
-        await card.wait_for(state="detached", timeout=5_000)
-        await page.locator(f'#recent li.state-succeeded[data-command-id="{proposal.id}"]').wait_for(timeout=5_000)
+        await card.wait_for(state="detached", timeout=30_000)
+        await page.locator(f'#recent li.state-succeeded[data-command-id="{proposal.id}"]').wait_for(timeout=30_000)
         await page.screenshot(path=ARTIFACTS / "phone-03-approved.png", full_page=True)
 
         # reject another
         second = await propose(bus, home, ["touch", "should-not-exist"], text="create a file")
         card2 = page.locator(f'article.card[data-command-id="{second.id}"]')
-        await card2.locator(".verify.ok").wait_for(timeout=5_000)
+        await card2.locator(".verify.ok").wait_for(timeout=30_000)
         await card2.locator("button.reject").click()
         denied = await wait_type(bus, second.id, "command.denied")
         assert denied.body["reason"] == "rejected_by_user"
         assert denied.cause == second.id
         assert "command.started" not in [e.type for e in await events_of(bus, second.id)]
-        await page.locator(f'#recent li.state-denied[data-command-id="{second.id}"]').wait_for(timeout=5_000)
+        await page.locator(f'#recent li.state-denied[data-command-id="{second.id}"]').wait_for(timeout=30_000)
         await page.screenshot(path=ARTIFACTS / "phone-04-rejected.png", full_page=True)
 
         # typed requests are signed by the phone too
@@ -203,7 +203,7 @@ async def test_pair_approve_and_reject_on_the_phone(browser: Any, system: tuple[
         await page.locator("details.ask summary").click()
         await page.locator("#ask-text").fill("what is the weather")
         await page.locator("#ask-form button[type=submit]").click()
-        await page.locator("#ask-status", has_text="Sent").wait_for(timeout=5_000)
+        await page.locator("#ask-status", has_text="Sent").wait_for(timeout=30_000)
         typed = [from_wire(m.data) for m in await bus.history("sym.in.text", before + 1)]
         assert [(e.actor, e.body["text"], [s.kid for s in e.sigs]) for e in typed] == [
             ("user:alice", "what is the weather", [phone_kid])
@@ -214,7 +214,7 @@ async def test_pair_approve_and_reject_on_the_phone(browser: Any, system: tuple[
         await page.locator("#main-view").wait_for(state="visible")
         assert await page.locator("#me-principal").text_content() == "user:alice"
         assert await page.locator("#key-problem").is_hidden()
-        await page.locator("#conn.live").wait_for(timeout=5_000)
+        await page.locator("#conn.live").wait_for(timeout=30_000)
 
         # the computer restarts: its read sessions are gone; the page signs in again by itself
         port = api.bound_port
@@ -223,7 +223,7 @@ async def test_pair_approve_and_reject_on_the_phone(browser: Any, system: tuple[
             third = await propose(bus, home, ["echo", "after", "restart"], text="again")
             card3 = page.locator(f'article.card[data-command-id="{third.id}"]')
             await card3.locator(".verify.ok").wait_for(timeout=15_000)
-            await page.locator("#conn.live").wait_for(timeout=5_000)
+            await page.locator("#conn.live").wait_for(timeout=30_000)
             assert [s.principal for s in again.board.state.keyring.by_principal("user:alice")] == ["user:alice"]
 
 
@@ -243,7 +243,7 @@ async def test_page_refuses_to_sign_when_the_server_lies(browser: Any, system: t
         proposal = await propose(bus, home, ["rm", "-rf", "important"], text="clean up")
         card = page.locator(f'article.card[data-command-id="{proposal.id}"]')
         warning = card.locator(".verify.warning")
-        await warning.wait_for(timeout=5_000)
+        await warning.wait_for(timeout=30_000)
         assert "does not match" in (await warning.text_content() or "")
         assert await card.locator("button.approve").is_disabled()
         assert await card.locator("button.reject").is_disabled()
@@ -282,7 +282,7 @@ async def test_speak_a_request_on_the_phone(chromium_path: str, system: tuple[Bu
                 }"""
             )
             await page.locator("#speak-button").dblclick()  # a double tap starts one recording
-            await page.locator("#speak-button.recording").wait_for(timeout=5_000)
+            await page.locator("#speak-button.recording").wait_for(timeout=30_000)
             assert await page.evaluate("window.captures") == 1
             await asyncio.sleep(5.0)  # the recording: the speech is about 3.5 s long
             await page.locator("#speak-button").click()
@@ -314,4 +314,4 @@ async def test_speak_a_request_on_the_phone(chromium_path: str, system: tuple[Bu
 async def send(page: Any) -> None:
     """Press Send and wait until the page has sent it (it then empties the text)."""
     await page.locator("#ask-form button[type=submit]").click()
-    await playwright_async.expect(page.locator("#ask-text")).to_have_value("", timeout=5_000)
+    await playwright_async.expect(page.locator("#ask-text")).to_have_value("", timeout=30_000)

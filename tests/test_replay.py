@@ -34,6 +34,7 @@ from symbiote.projections import (
 from symbiote.projections.db import connect, schema_exists
 from symbiote.registry.definition import ApprovalPolicy, load_definition
 from symbiote.signers.keys import SigningKey, sign_event
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -71,7 +72,7 @@ async def live_session(bus: Bus, home: DataDir, dsn: str, tmp_path: Path) -> Pro
     await initialize(bus, home, name="ann")
     keys = Keys(home)
     await define_command(bus, keys.owner, load_definition(MEMORY_SEARCH_DEFINITION))
-    service = Projections(bus, dsn, keys.runtime, home.checkpoints_dir, checkpoint_interval_s=0.5)
+    service = Projections(bus, dsn, keys.runtime, home.checkpoints_dir, checkpoint_interval_s=0.5, drain_s=60)
     async with service:
         executors = Executors(tmp_path / "ws", builtins={"memory.search": memory_search_builtin(service.memory)})
         async with Dispatcher(bus, keys.runtime, executors):
@@ -102,7 +103,8 @@ async def live_session(bus: Bus, home: DataDir, dsn: str, tmp_path: Path) -> Pro
             await bus.publish_raw("sym.in.text", b"\xc1garbage")
             last = await bus.last_seq()
             assert await service.wait_for(last, 30)
-            for _ in range(200):
+
+            async def all_ended() -> bool:
                 conn = await connect(dsn)
                 try:
                     done = await conn.fetchval(
@@ -110,10 +112,10 @@ async def live_session(bus: Bus, home: DataDir, dsn: str, tmp_path: Path) -> Pro
                     )
                 finally:
                     await conn.close()
-                if done >= 41:
-                    break
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.2)
+                return bool(done >= 41)
+
+            await eventually(all_ended, timeout=60)
+            await asyncio.sleep(0.2)  # anything the dispatcher still writes
             assert await service.wait_for(await bus.last_seq(), 30)
     return service
 

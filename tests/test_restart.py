@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from collections import Counter
@@ -15,7 +16,7 @@ from symbiote.bus.envelope import from_wire
 from symbiote.registry.definition import CommandDefinition
 from tests.helpers import is_terminal, make_world
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(240)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -45,12 +46,13 @@ async def test_kill_dispatcher_mid_burst(nats_url: str, tmp_path: Path) -> None:
             args_schema={"type": "object", "properties": {"n": {"type": "integer"}}},
         ),
     )
-    proc = await _start(nats_url, world.home.root)
     ids: dict[str, str] = {}
-    for n in range(500):
+    for n in range(500):  # all queued before any dispatcher runs: the kills land in the middle of them
         command = "echo" if n % 2 else "tick"
         args = {"text": str(n)} if command == "echo" else {"n": n}
-        ids[(await world.propose(command, args)).id] = command
+        # a killed dispatcher's unacknowledged messages come back after the 30 s ack wait, twice
+        # over on a slow machine: the proposals must not expire meanwhile
+        ids[(await world.propose(command, args, expires_in_ms=600_000)).id] = command
 
     async def terminals() -> Counter[str]:
         counts: Counter[str] = Counter()
@@ -61,23 +63,37 @@ async def test_kill_dispatcher_mid_burst(nats_url: str, tmp_path: Path) -> None:
                 counts[cid] += 1
         return counts
 
-    kills = 0
-    while kills < 2:
-        done = len(await terminals())
-        if done >= 120 * (kills + 1):
-            proc.send_signal(signal.SIGKILL)
-            await proc.wait()
-            kills += 1
-            proc = await _start(nats_url, world.home.root)
-        await asyncio.sleep(0.02)
+    ended: set[str] = set()
+
+    async def watch() -> None:
+        async for msg in bus.read("sym.cmd.>", follow=True):
+            event = from_wire(msg.data)
+            cid = str(event.body.get("command_id", event.id))
+            if is_terminal(event, cid):
+                ended.add(cid)
+
+    watcher = asyncio.create_task(watch())
+    proc = await _start(nats_url, world.home.root)
+    at_kills: list[int] = []
     try:
-        deadline = asyncio.get_running_loop().time() + 90
-        while len(await terminals()) < len(ids):
-            assert asyncio.get_running_loop().time() < deadline, f"only {len(await terminals())} ended"
+        while len(at_kills) < 2:
+            if len(ended) >= 120 * (len(at_kills) + 1):
+                proc.send_signal(signal.SIGKILL)
+                await proc.wait()
+                at_kills.append(len(ended))
+                proc = await _start(nats_url, world.home.root)
+            await asyncio.sleep(0.002)
+        deadline = asyncio.get_running_loop().time() + 120
+        while len(ended) < len(ids):
+            assert asyncio.get_running_loop().time() < deadline, f"only {len(ended)} ended"
             await asyncio.sleep(0.2)
     finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher  # a failure of the watcher itself is raised here
         proc.send_signal(signal.SIGTERM)
         await proc.wait()
+    assert all(n < len(ids) for n in at_kills), at_kills  # each kill cut the burst short
     counts = await terminals()
     assert set(counts) == set(ids)
     assert all(n == 1 for n in counts.values()), {k: v for k, v in counts.items() if v != 1}

@@ -51,7 +51,7 @@ def _pids_mentioning(marker: str) -> list[int]:
     return pids
 
 
-async def _wait_gone(marker: str, within_s: float = 2.0) -> list[int]:
+async def _wait_gone(marker: str, within_s: float = 10.0) -> list[int]:
     """Poll until no process mentions ``marker`` (kernel teardown is asynchronous); return leftovers."""
     deadline = time.monotonic() + within_s
     while (left := _pids_mentioning(marker)) and time.monotonic() < deadline:
@@ -212,7 +212,7 @@ async def test_timeout_kills_whole_tree(sandbox: BubblewrapSandbox, workspace: P
     result = await sandbox.run(
         ["sh", "-c", f"sleep {n} & sleep {n}"], workspace=workspace, profile=SandboxProfile(timeout_s=0.5)
     )
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 15  # not the minutes the sleeps would take
     assert result.timed_out
     assert result.killed_signal == signal.SIGKILL
     assert result.exit_code == 128 + signal.SIGKILL
