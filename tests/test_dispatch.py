@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import stat
+import time
 from pathlib import Path
 
 import msgpack
@@ -283,6 +284,23 @@ async def test_consumers_survive_a_nats_server_restart(
     second = await world.propose("echo", {"text": "after"})
     outcome = await world.wait_terminal(second.id, timeout=30)
     assert outcome.type == "command.succeeded"
+
+
+async def test_a_dispatcher_stops_at_once_when_nats_is_gone_before_it_ran(
+    world: World, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """The server dies between ``async with`` and the dispatcher's first step: stopping it does
+    not wait for minutes of retries to create a consumer that already exists."""
+    import signal
+
+    dispatcher = Dispatcher(world.bus, world.runtime, Executors(tmp_path / "ws"))
+    await dispatcher.__aenter__()  # the durable consumer is created here, with the server up
+    assert nats_server.pid is not None
+    os.kill(nats_server.pid, signal.SIGKILL)  # before the dispatcher's task has taken a step
+    await asyncio.wait_for(nats_server.exited(), 10)
+    started = time.monotonic()
+    await asyncio.wait_for(dispatcher.__aexit__(None, None, None), 15)
+    assert time.monotonic() - started < 10
 
 
 async def test_unknown_key_registered_later_does_not_count_earlier(world: World, dispatcher: Dispatcher) -> None:

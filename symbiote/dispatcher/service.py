@@ -87,9 +87,13 @@ class Dispatcher(Service):
         self._failure: BaseException | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
+    async def prepare(self) -> None:
+        """The durable consumer exists before ``async with`` returns (``run`` binds it again
+        after a server restart, and a stop does not wait for that)."""
+        await self._consumer.ensure()
+
     async def run(self) -> None:
         """Consume and decide until :meth:`shutdown`; re-raises the first failure of a sub-task."""
-        await self._consumer.ensure()
         tasks = [
             asyncio.create_task(self._consumer.run(), name="dispatcher-consumer"),
             asyncio.create_task(self._follow_requests(), name="dispatcher-requests"),
