@@ -196,7 +196,8 @@ async def test_why_says_when_the_request_a_command_answers_is_gone(world: World,
     proposed = next(m for m in [m async for m in w.bus.read("sym.cmd.>")] if peek_id(m.data) == made["bad"].id)
     await w.bus.js.delete_msg(w.bus.stream, proposed.seq)
     orphan = await why(w.bus, made["bad"].id)
-    assert orphan.found and [s.kind for s in orphan.steps] == ["denial"], orphan.steps
+    assert orphan.found and [s.kind for s in orphan.steps] == ["gap", "denial"], orphan.steps
+    assert orphan.steps[0].details["deleted"] == [proposed.seq]  # where its proposal was
     question = w.text("open the file")  # a question back, as the agent asks one: its own id, caused by the request
     asked_back = w.sign(
         w.agent, "command.clarify", {"command_id": new_event_id(), "question": "which file?"}, cause=question.id
@@ -720,3 +721,52 @@ async def test_why_marks_where_the_log_lost_an_event(world: World, tmp_path: Pat
     assert story.problems and not story.chain_ok
     echo = await why(w.bus, made["echo"].id)  # a command with nothing deleted among its events
     assert "gap" not in [s.kind for s in echo.steps]
+
+
+async def test_why_marks_deletions_before_the_first_step_left_and_after_the_last(world: World, tmp_path: Path) -> None:
+    """A shell.run's start and outcome are deleted (it ran: nothing says so now), and an echo's
+    proposal is deleted: each story marks where the log lost events, does not hold, and does not
+    say "it never ran"; a command that ended is not told of deletions after its end."""
+    w = world
+    made = await session(w, tmp_path)
+    shell, echo = made["shell"].id, made["echo"].id
+    gone = [m.seq async for m in w.bus.read(f"sym.cmd.{shell}.>") if m.subject.endswith((".started", ".succeeded"))]
+    proposed = [m.seq async for m in w.bus.read(f"sym.cmd.{echo}.proposed")]
+    assert len(gone) == 2 and len(proposed) == 1
+    for seq in [*gone, *proposed]:
+        await w.bus.js.delete_msg(w.bus.stream, seq)
+
+    story = await why(w.bus, shell)
+    gaps = [s for s in story.steps if s.kind == "gap"]
+    assert [seq for gap in gaps for seq in gap.details["deleted"] if seq in gone] == gone, story.steps
+    assert story.steps[-1].kind == "gap" and "after these steps" in story.steps[-1].text
+    assert not story.ran and not story.chain_ok and story.as_map()["chain_ok"] is False
+    assert story.lines()[-1].startswith("Nothing left in the log says it ran, but events were deleted")
+
+    echoed = await why(w.bus, echo)
+    kinds = [s.kind for s in echoed.steps]
+    assert kinds == ["gap", "execution", "result"], kinds  # where its proposal was is marked
+    assert echoed.steps[0].details["deleted"] == proposed and "before these steps" in echoed.steps[0].text
+    assert not echoed.chain_ok
+    bad = await why(w.bus, made["bad"].id)  # denied before the deletions: its story is whole
+    assert "gap" not in [s.kind for s in bad.steps] and bad.chain_ok
+
+
+async def test_why_does_not_count_a_forged_start_as_a_run(world: World) -> None:
+    """A start and a success claiming to be the runtime's, with signatures that fail: the story
+    shows them marked, and says nothing proves the command ran (not "allowed by the policy")."""
+    w = world
+    source = w.text("run it")
+    proposal = w.proposal(source, "shell.run", {"argv": ["rm", "-rf", "it"]})
+    for event in (source, proposal):
+        await w.send(event)
+    stranger = SigningKey.generate("runtime:main")  # the runtime's name, not its key
+    for kind, body in (("command.started", {"sandbox": {"backend": "bwrap"}}), ("command.succeeded", {"exit_code": 0})):
+        forged = w.sign(stranger, kind, {"command_id": proposal.id, **body}, corr=proposal.corr, cause=proposal.id)
+        await w.send(forged)
+    story = await why(w.bus, proposal.id)
+    execution = next(s for s in story.steps if s.kind == "execution")
+    assert not execution.ok and not story.chain_ok
+    assert not story.ran and story.as_map()["allowed"] is None
+    assert story.lines()[-1] == "Nothing proves it ran: no start of it holds as the runtime's."
+    assert "Allowed by the policy in force." not in story.lines()

@@ -923,8 +923,9 @@ class CommandStory:
 
     @property
     def ran(self) -> bool:
-        """The command was started (the policy question, "was it allowed to run", applies)."""
-        return any(step.kind == "execution" for step in self.steps)
+        """The command was started, by a start the runtime signed (the policy question, "was it
+        allowed to run", applies); a start whose signature fails proves nothing."""
+        return any(step.kind == "execution" and step.holds for step in self.steps)
 
     @property
     def chain_ok(self) -> bool:
@@ -973,6 +974,10 @@ class CommandStory:
             out.extend(f"  ✗ {p}" for p in self.problems)
         elif self.ran:
             out.append("Allowed by the policy in force.")
+        elif any(step.kind == "execution" for step in self.steps):
+            out.append("Nothing proves it ran: no start of it holds as the runtime's.")
+        elif any(step.kind == "gap" for step in self.steps):
+            out.append("Nothing left in the log says it ran, but events were deleted where its start could have been.")
         else:
             out.append("It never ran.")
         return out
@@ -1075,6 +1080,7 @@ async def why(bus: Bus, command_id: str) -> CommandStory:
     if anchor is None:
         anchor = next(((s, e) for s, e in events if e.type in ("command.clarify", "command.suggested")), None)
     cause = anchor[1].cause if anchor is not None else None
+    begins = events[0][0] if events else last  # where the story begins in the log
     if anchor is not None and cause is not None and cause != command_id:
         found = await find_input(bus, cause, anchor[0])
         if found is None:
@@ -1082,6 +1088,7 @@ async def why(bus: Bus, command_id: str) -> CommandStory:
             story.steps.append(Step("input", None, None, None, missing, False, {"event_id": cause}))
         else:
             seq, source = found
+            begins = min(begins, seq)
             verdict = state.keyring.verify(source, seq)
             story.steps.append(
                 Step(
@@ -1094,22 +1101,55 @@ async def why(bus: Bus, command_id: str) -> CommandStory:
                     {"event_id": source.id, "type": source.type, "verified": verdict.principals},
                 )
             )
-    deleted = [d for d in await bus.deleted_seqs() if events and events[0][0] < d < events[-1][0]]
+    # where the log lost events after the story began (the runtime deletes none), the story says
+    # so, in place: a deleted proposal, approval, start or outcome is judged as missing; for a
+    # command that has not ended, deletions after its last step too
+    deleted = await bus.deleted_seqs()
+    if life.proposal is None and begins == (events[0][0] if events else last):
+        # no proposal, nor the request it answered: the run of deletions just before the first
+        # step left may have held them
+        before = _runs([d for d in deleted if d < begins])
+        if before:
+            begins = before[-1][0] - 1
+    deleted = [d for d in deleted if d > begins]
     for seq, event in events:
-        while deleted and deleted[0] < seq:  # where the log lost an event, the story says so
-            gone = deleted.pop(0)
-            text = (
-                f"event #{gone} was deleted from the log between these steps: it may have been one of this "
-                "command's (an approval, say), and what follows is judged without it (`symbiote audit` names "
-                "every deletion)"
-            )
-            story.steps.append(Step("gap", gone, None, None, text, False))
+        gone = [d for d in deleted if d < seq]
+        if gone:
+            deleted = deleted[len(gone) :]
+            story.steps.extend(_gap_steps(gone, "between these steps" if story.steps else "before these steps"))
         story.steps.append(_step(state, life, command_id, seq, event, events))
+    if deleted and life.terminal is None:  # an ended command's story is whole: nothing follows an outcome
+        story.steps.extend(_gap_steps(deleted, "after these steps"))
     for seq, event in events:
         if event.type == "command.started" and decision_problem(state, command_id, event, seq) is None:
             before = [(s, e) for s, e in events if s < seq]
             story.problems.extend(f"seq {seq}: {p}" for p in judge_execution(state, command_id, before, event, seq))
     return story
+
+
+def _runs(seqs: list[int]) -> list[list[int]]:
+    """Sorted sequences in runs of consecutive ones."""
+    runs: list[list[int]] = []
+    for seq in seqs:
+        if runs and seq == runs[-1][-1] + 1:
+            runs[-1].append(seq)
+        else:
+            runs.append([seq])
+    return runs
+
+
+def _gap_steps(deleted: list[int], where: str) -> list[Step]:
+    """One step per run of consecutive deleted sequences, saying what may be missing there."""
+    steps = []
+    for run in _runs(deleted):
+        which = f"event #{run[0]} was" if len(run) == 1 else f"events #{run[0]}–#{run[-1]} ({len(run)}) were"
+        text = (
+            f"{which} deleted from the log {where}: it may have been one of this command's (an approval, "
+            "its start or its outcome, say), and the story is told without it (`symbiote audit` names every "
+            "deletion)"
+        )
+        steps.append(Step("gap", run[0], None, None, text, False, {"deleted": run}))
+    return steps
 
 
 def _step(
