@@ -1108,9 +1108,9 @@ async def why(bus: Bus, command_id: str) -> CommandStory:
     if life.proposal is None and begins == (events[0][0] if events else last):
         # no proposal, nor the request it answered: the run of deletions just before the first
         # step left may have held them
-        before = _runs([d for d in deleted if d < begins])
-        if before:
-            begins = before[-1][0] - 1
+        runs_before = _runs([d for d in deleted if d < begins])
+        if runs_before:
+            begins = runs_before[-1][0] - 1
     deleted = [d for d in deleted if d > begins]
     for seq, event in events:
         gone = [d for d in deleted if d < seq]
