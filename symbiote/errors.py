@@ -16,6 +16,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "DecodeError",
+    "IdTakenError",
     "KeyFileError",
     "SandboxError",
     "SandboxUnavailable",
@@ -65,6 +66,10 @@ class BusError(SymbioteError):
 
 class ConflictError(BusError):
     """An optimistic-concurrency publish lost (someone else wrote first)."""
+
+
+class IdTakenError(BusError):
+    """JetStream dropped a publish as a duplicate, yet the message holding its id is another one."""
 
 
 class ServerError(SymbioteError):

@@ -162,3 +162,23 @@ async def test_recalled_memory_is_shown_when_the_agent_asks(world: World) -> Non
     assert asked == ["hello"]
     assert clarify.type == "command.clarify"
     assert clarify.body["related"] == ["yesterday: echo hello to the team"]
+
+
+async def test_a_proposal_whose_id_was_taken_first_is_not_lost(world: World, agent: Agent) -> None:
+    """Anyone can compute the id the agent will give its proposal for a request, and publish
+    something else under it first: JetStream would drop the proposal as a duplicate. The agent
+    finds the id taken and tries again later, so the proposal lands once the server's duplicate
+    window has passed (shortened here) instead of vanishing."""
+    from symbiote.bus.ids import derived_event_id
+
+    info = await world.bus.js.stream_info(world.bus.stream)
+    info.config.duplicate_window = 1.0
+    await world.bus.js.update_stream(info.config)
+    source = sign_event(make_event("input.text", world.user.principal, {"text": "echo not lost"}), world.user)
+    squatter = sign_event(make_event("input.text", world.user.principal, {"text": "anything"}), world.user)
+    taken = derived_event_id(source.id, "proposal")
+    await world.bus.publish_raw("sym.in.text", squatter.to_wire(), msg_id=taken)
+    await world.bus.publish(source)
+    proposal = await answer(world, source, timeout=30)
+    assert proposal.type == "command.proposed" and proposal.id == taken
+    assert proposal.body["args"] == {"text": "not lost"}

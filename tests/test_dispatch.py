@@ -194,6 +194,28 @@ async def test_same_event_id_is_deduplicated_by_the_stream(world: World, dispatc
     assert second.duplicate and second.seq == first.seq
 
 
+async def test_a_duplicate_is_checked_against_what_holds_its_id(world: World) -> None:
+    """The same event made again (after a crash: a later time, the same signer) is a duplicate,
+    quietly; another message published first under the event's id is not: IdTakenError."""
+    from symbiote.errors import IdTakenError
+
+    proposal = world.proposal("echo", {"text": "once"})
+    first = await world.bus.publish(proposal)
+    remade = sign_event(proposal.model_copy(update={"at": proposal.at + 5, "sigs": ()}), world.agent)
+    again = await world.bus.publish(remade)
+    assert again.duplicate and again.seq == first.seq
+    squatted = world.proposal("echo", {"text": "mine"})
+    await world.bus.publish_raw("sym.in.text", b"\x93squat", msg_id=squatted.id)
+    with pytest.raises(IdTakenError) as info:
+        await world.bus.publish(squatted)
+    assert info.value.fields["event_id"] == squatted.id
+    forged = world.proposal("echo", {"text": "other"}, key=SigningKey.generate("agent:main"))
+    await world.bus.publish_raw(f"sym.cmd.{forged.id}.proposed", forged.to_wire(), msg_id=forged.id)
+    real = forged.model_copy(update={"sigs": ()})
+    with pytest.raises(IdTakenError):  # same id and actor, another key: not this event made again
+        await world.bus.publish(sign_event(real, world.agent))
+
+
 async def test_crash_after_start_gives_outcome_unknown_unless_idempotent(world: World, tmp_path: Path) -> None:
     # a command whose "started" exists but whose outcome was never written (the executor died)
     results = {}

@@ -25,10 +25,10 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from symbiote.bus.envelope import MAX_EVENT_BYTES, Envelope
+from symbiote.bus.envelope import MAX_EVENT_BYTES, Envelope, from_wire
 from symbiote.bus.events import subject_for
 from symbiote.bus.reader import StoredMsg, raise_if_cancelling, read_ordered
-from symbiote.errors import BusError, ConflictError, DecodeError
+from symbiote.errors import BusError, ConflictError, DecodeError, IdTakenError
 from symbiote.lifecycle import Stopped, cancel_and_wait, unless_stopped
 
 __all__ = [
@@ -270,13 +270,43 @@ class Bus:
             raise DecodeError(
                 "event too large for the log", event_id=event.id, size=len(data), max_size=MAX_EVENT_BYTES
             )
-        return await self.publish_raw(
+        ack = await self.publish_raw(
             subject_for(event),
             data,
             msg_id=event.id,
             expect_last_seq=expect_last_seq,
             expect_subject=expect_subject,
             attempts=attempts,
+        )
+        if ack.duplicate:
+            await self._check_duplicate(event, data, ack.seq)
+        return ack
+
+    async def _check_duplicate(self, event: Envelope, data: bytes, seq: int) -> None:
+        """JetStream dropped ``event`` as a duplicate of the message at ``seq``: fine if that is
+        this event, or the same event made again (after a crash: the same id, type, actor and
+        signers; a later time). Anything else took the id first (anyone may publish a message
+        under a chosen ``Nats-Msg-Id``, and ids derived from a request can be computed): that
+        raises :class:`IdTakenError` rather than let the event vanish in silence. A retry after
+        the server's duplicate window (2 minutes by default) is stored."""
+        stored = await self.get(seq)
+        if stored is not None and stored.data == data:
+            return
+        try:
+            earlier = from_wire(stored.data) if stored is not None else None
+        except DecodeError:
+            earlier = None
+        if (
+            earlier is not None
+            and (earlier.id, earlier.type, earlier.actor) == (event.id, event.type, event.actor)
+            and [s.kid for s in earlier.sigs] == [s.kid for s in event.sigs]
+        ):
+            return
+        log.warning("publish.id_taken", event_id=event.id, type=event.type, seq=seq)
+        raise IdTakenError(
+            "another message holds this event's id in the log: the event was not stored",
+            event_id=event.id,
+            seq=seq,
         )
 
     async def publish_raw(
