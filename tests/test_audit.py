@@ -770,3 +770,39 @@ async def test_why_does_not_count_a_forged_start_as_a_run(world: World) -> None:
     assert not story.ran and story.as_map()["allowed"] is None
     assert story.lines()[-1] == "Nothing proves it ran: no start of it holds as the runtime's."
     assert "Allowed by the policy in force." not in story.lines()
+
+
+async def test_a_stream_that_moves_events_off_their_subjects_fails_the_audit(world: World) -> None:
+    """Whoever may change the stream's configuration sets a subject transform: the owner's
+    revocation of a stolen key is stored off ``sym.reg.…`` (no registry reader applies it), and an
+    approval with the stolen key would count. The audit fails on the configuration while it is
+    there, and on the misplaced revocation after it is gone; `up` refuses such a stream."""
+    from nats.js import api
+
+    from symbiote.errors import BusError
+
+    w = world
+    stolen = SigningKey.generate("user:ann")
+    await register_key(w.bus, w.owner, stolen.kid, stolen.principal)
+    info = await w.bus.js.stream_info(w.bus.stream)
+    info.config.subject_transform = api.SubjectTransform(src="sym.reg.>", dest="sym.moved.>")
+    await w.bus.js.update_stream(info.config)
+    await revoke_key(w.bus, w.owner, stolen.kid, stolen.principal)
+    moved = await w.bus.last_seq()
+    msg = await w.bus.get(moved)
+    assert msg is not None and msg.subject.startswith("sym.moved.")
+
+    report = await audit(w.bus, checkpoint_dir=None, uncovered_grace_s=3600)
+    assert not report.ok
+    config = [f for f in report.failures if f.kind == "stream_config"]
+    assert len(config) == 1 and "sym.reg.>" in config[0].message and config[0].seq is None, report.findings
+    assert (moved, "subject") in {(f.seq, f.kind) for f in report.failures}, report.findings
+    with pytest.raises(BusError, match="subject transform"):
+        await w.bus.ensure_stream()
+
+    info.config.subject_transform = None
+    await w.bus.js.update_stream(info.config)
+    await w.bus.ensure_stream()  # as it should be again
+    report = await audit(w.bus, checkpoint_dir=None, uncovered_grace_s=3600)
+    assert [(f.seq, f.kind) for f in report.failures] == [(moved, "subject")], report.findings
+    assert report.first_failure is not None and "readers of such events do not look" in report.first_failure.message

@@ -39,6 +39,7 @@ __all__ = [
     "PullConsumer",
     "StoredMsg",
     "redact_url",
+    "stream_config_problems",
     "subject_text",
 ]
 
@@ -247,6 +248,13 @@ class Bus:
             info = await self.js.stream_info(self.stream)
             if info.config.subjects != ["sym.>"]:
                 raise BusError("a different stream already uses the name", stream=self.stream) from exc
+            problems = stream_config_problems(info.config)
+            if problems:
+                raise BusError(
+                    "the log's stream is set up to store events where their readers do not look: "
+                    + "; ".join(problems),
+                    stream=self.stream,
+                ) from exc
         except (TimeoutError, nats.errors.Error) as exc:
             raise BusError("cannot create the stream", stream=self.stream, error=str(exc)) from exc
 
@@ -375,6 +383,11 @@ class Bus:
         deleted = reply.get("state", {}).get("deleted") or []
         return sorted(int(seq) for seq in deleted)
 
+    async def stream_config(self) -> api.StreamConfig:
+        """The stream's configuration, as the server holds it now."""
+        info = await self._retry(lambda: self.js.stream_info(self.stream))
+        return info.config
+
     async def stream_state(self) -> api.StreamState:
         """The stream's state (first/last sequence, message count, deleted)."""
         try:
@@ -481,6 +494,24 @@ class Bus:
 
 
 Handler = Callable[[Sequence[Delivery]], Awaitable[None]]
+
+
+def stream_config_problems(config: api.StreamConfig) -> list[str]:
+    """What in a stream's configuration moves or brings in events behind their signers' backs: a
+    subject transform (an owner's revocation stored off ``sym.reg.…`` is never applied), other
+    streams as sources, a mirror. Limits and deletions are not listed: they leave gaps that the
+    audit names by sequence."""
+    problems = []
+    if config.subjects != ["sym.>"]:
+        problems.append(f"its subjects are {config.subjects}, not ['sym.>']")
+    transform = config.subject_transform
+    if transform is not None and (transform.src or transform.dest):
+        problems.append(f"a subject transform rewrites {transform.src!r} to {transform.dest!r}")
+    if config.sources:
+        problems.append(f"{len(config.sources)} other stream(s) feed it ({', '.join(s.name for s in config.sources)})")
+    if config.mirror is not None:
+        problems.append(f"it mirrors the stream {config.mirror.name!r}")
+    return problems
 
 
 class PullConsumer:

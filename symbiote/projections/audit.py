@@ -37,7 +37,7 @@ from typing import Any, Literal
 from symbiote.bus.envelope import Envelope, from_wire
 from symbiote.bus.events import BODY_TYPES, parse_body, subject_for
 from symbiote.bus.ids import derived_event_id, is_event_id, now_ms
-from symbiote.bus.stream import Bus, StoredMsg
+from symbiote.bus.stream import Bus, StoredMsg, stream_config_problems
 from symbiote.errors import ConfigError, DecodeError
 from symbiote.files import write_private
 from symbiote.projections.checkpoints import (
@@ -385,8 +385,10 @@ class _Auditor:
                 by_runtime = runtime_signed(event, verdict)
                 if event.type.startswith("input."):
                     self._remember_input(event)
-        self._check_shape(item, event, cid)
         earlier = self.seen_ids.get(event.id)
+        # an event signed as it says, seen here first, yet off its subject: its readers (the
+        # registry, the dispatcher) never saw it where it lies; a copy of one seen before is a replay
+        self._check_shape(item, event, cid, misplaced_fails=verdict.ok and earlier is None)
         if earlier is not None:
             self.add(Finding(seq, "warn", "replayed", f"event {event.id} appeared before at seq {earlier}", event.id))
         else:
@@ -422,7 +424,7 @@ class _Auditor:
                 )
             )
 
-    def _check_shape(self, item: Decoded, event: Envelope, cid: str | None) -> None:
+    def _check_shape(self, item: Decoded, event: Envelope, cid: str | None, *, misplaced_fails: bool) -> None:
         if event.type not in BODY_TYPES:
             self.add(Finding(item.seq, "warn", "unknown_type", f"unknown event type {event.type!r}", event.id, cid))
             return
@@ -442,12 +444,14 @@ class _Auditor:
             )
             return
         if expected_subject != item.subject:
+            misplaced_fails = misplaced_fails and _route(item.subject) != _route(expected_subject)
+            unseen = " (the readers of such events do not look for it there)" if misplaced_fails else ""
             self.add(
                 Finding(
                     item.seq,
-                    "warn",
+                    "fail" if misplaced_fails else "warn",
                     "subject",
-                    f"{event.type} was published on {item.subject} instead of {expected_subject}",
+                    f"{event.type} was published on {item.subject} instead of {expected_subject}{unseen}",
                     event.id,
                     cid,
                 )
@@ -834,6 +838,10 @@ async def audit(
     state = await bus.stream_state()
     report.stream_first_seq = int(state.first_seq or 0)
     report.stream_last_seq = int(state.last_seq or 0)
+    for problem in stream_config_problems(await bus.stream_config()):
+        # events moved off their subjects are read where they lie and judged there: what no
+        # reader saw (a revocation, a start) must fail the audit, not pass as a misplaced note
+        auditor.add(Finding(None, "fail", "stream_config", f"the log's stream is altered: {problem}"))
     checker = WorkerPool()
     checker.start()
     try:
@@ -1136,6 +1144,15 @@ def _runs(seqs: list[int]) -> list[list[int]]:
         else:
             runs.append([seq])
     return runs
+
+
+def _route(subject: str) -> tuple[str, ...]:
+    """What decides which reader takes an event from ``subject`` and how: the command and the step
+    (``sym.cmd.<id>.<step>``), the registry (``sym.reg.…``), requests (``sym.in.…``)."""
+    parts = subject.split(".")
+    if parts[:2] == ["sym", "cmd"]:
+        return tuple(parts[:4])
+    return tuple(parts[:2])
 
 
 def _gap_steps(deleted: list[int], where: str) -> list[Step]:
