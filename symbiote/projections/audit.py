@@ -45,6 +45,7 @@ from symbiote.projections.checkpoints import (
     compute_root,
     load_checkpoint_files,
     load_checkpoint_rows,
+    projected_through,
 )
 from symbiote.projections.fold import RecentCommands, command_histories, command_id_of, jsonable, output_said
 from symbiote.projections.verify import (
@@ -831,10 +832,13 @@ async def audit(
     if checkpoint_dir is not None:
         outside.append(CheckpointCopies("in the files", *load_checkpoint_files(checkpoint_dir)))
         report.checkpoint_files = len(outside[-1].records)
+    folded = 0
     if checkpoint_dsn is not None:  # PostgreSQL may lag (it is written after the file): only a note
         records, problems = await load_checkpoint_rows(checkpoint_dsn, checkpoint_schema)
         outside.append(CheckpointCopies("in PostgreSQL", records, problems, required=False))
         report.checkpoint_rows = len(records)
+        # read before the stream: the projections cannot be ahead of the log they fold
+        folded = await projected_through(checkpoint_dsn, checkpoint_schema)
     state = await bus.stream_state()
     report.stream_first_seq = int(state.first_seq or 0)
     report.stream_last_seq = int(state.last_seq or 0)
@@ -872,6 +876,16 @@ async def audit(
     if report.stream_last_seq > auditor.last_present:
         auditor._gap(auditor.last_present + 1, report.stream_last_seq)
     _check_checkpoints(auditor, report, outside, uncovered_grace_s)
+    if folded > report.stream_last_seq:  # a stream deleted and made anew, its tail left out
+        auditor.add(
+            Finding(
+                report.stream_last_seq + 1,
+                "fail",
+                "truncated",
+                f"the log ends at seq {report.stream_last_seq}, but the projections in PostgreSQL folded it "
+                f"through seq {folded}: its tail was cut off (the stream was made anew)",
+            )
+        )
     if owner_kid is not None:
         _check_owner(auditor, owner_kid)
     if report.messages and not report.checkpoints and outside and not any(c.records for c in outside):

@@ -61,6 +61,7 @@ __all__ = [
     "compute_root",
     "load_checkpoint_files",
     "load_checkpoint_rows",
+    "projected_through",
     "write_checkpoint_file",
 ]
 
@@ -210,6 +211,20 @@ def load_checkpoint_files(directory: Path) -> tuple[list[CheckpointRecord], list
 
 
 _Loaded = tuple[list[CheckpointRecord], list[tuple[str, str]]]
+
+
+async def projected_through(dsn: str, schema: str = "public") -> int:
+    """The last stream sequence the projections in ``schema`` folded (0 when there are none): the
+    log reached at least that far, which an audit holds against a stream made anew."""
+    conn = await connect(dsn, schema)
+    try:
+        with translate("read the projections' position", schema=schema):
+            if not await conn.fetchval("SELECT to_regclass('projection_checkpoints') IS NOT NULL"):
+                return 0
+            return int(await conn.fetchval("SELECT coalesce(max(last_seq), 0) FROM projection_checkpoints"))
+    finally:
+        with contextlib.suppress(*DB_ERRORS):
+            await conn.close()
 
 
 async def load_checkpoint_rows(dsn: str, schema: str = "public") -> _Loaded:
