@@ -830,3 +830,22 @@ async def test_a_stream_made_anew_without_its_tail_fails_against_the_projections
     assert not report.ok and report.first_failure is not None
     assert report.first_failure.kind == "truncated" and report.first_failure.seq == len(msgs) - 2
     assert f"folded it through seq {folded}" in report.first_failure.message
+
+
+async def test_a_forgery_under_a_registry_events_id_does_not_keep_the_real_one_out(world: World) -> None:
+    """Only a registry event that was folded takes its id: a forged revocation published first
+    under the real one's id is refused, the real one is still applied, and a copy of it is a replay."""
+    from symbiote.registry.follower import RegistryFollower
+
+    w = world
+    phone = SigningKey.generate("user:phone")
+    await register_key(w.bus, w.owner, phone.kid, phone.principal)
+    last = await w.bus.last_seq()
+    state = await RegistryFollower(w.bus).ensure_through(last)
+    real = w.sign(w.owner, "key.revoked", {"kid": phone.kid, "principal": phone.principal, "role": "user"})
+    forged = sign_event(real.model_copy(update={"sigs": ()}), SigningKey.generate(w.owner.principal))
+    assert not state.apply(forged, last + 1).ok
+    assert state.apply(real, last + 2).ok
+    assert state.keyring.verify(w.text("after", key=phone), last + 3).ok is False  # revoked
+    copy = state.apply(real, last + 4)
+    assert not copy.ok and "replayed" in copy.detail

@@ -64,10 +64,12 @@ class RegistryState:
         """Fold one registry event at ``seq``. Returns its verdict; a failed one changes nothing.
 
         An event is folded once: a copy of it published again later (an old, validly signed
-        ``command.defined`` that would undo every policy set since) is refused.
+        ``command.defined`` that would undo every policy set since) is refused. Only an event that
+        was folded takes its id: a forgery published first under a registry event's id does not
+        keep the real one out.
         """
         self.applied_through = max(self.applied_through, seq)
-        first = self.seen.setdefault(event.id, seq)
+        first = self.seen.get(event.id, seq)
         if first != seq:
             self.rejected += 1
             return Verdict((), "malformed", f"replayed: event {event.id} appeared before, at seq {first}")
@@ -75,7 +77,9 @@ class RegistryState:
             verdict = self.keyring.apply(event, seq)
         else:
             verdict = self._apply_definition(event, seq)
-        if not verdict.ok:
+        if verdict.ok:
+            self.seen.setdefault(event.id, seq)
+        else:
             self.rejected += 1
         return verdict
 
