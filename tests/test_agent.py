@@ -164,7 +164,7 @@ async def test_recalled_memory_is_shown_when_the_agent_asks(world: World) -> Non
     assert clarify.body["related"] == ["yesterday: echo hello to the team"]
 
 
-async def test_a_proposal_whose_id_was_taken_first_is_not_lost(world: World, agent: Agent) -> None:
+async def test_a_proposal_whose_id_was_taken_first_is_not_lost(world: World) -> None:
     """Anyone can compute the id the agent will give its proposal for a request, and publish
     something else under it first: JetStream would drop the proposal as a duplicate. The agent
     finds the id taken and tries again later, so the proposal lands once the server's duplicate
@@ -179,6 +179,7 @@ async def test_a_proposal_whose_id_was_taken_first_is_not_lost(world: World, age
     taken = derived_event_id(source.id, "proposal")
     await world.bus.publish_raw("sym.in.text", squatter.to_wire(), msg_id=taken)
     await world.bus.publish(source)
-    proposal = await answer(world, source, timeout=30)
+    async with Agent(world.bus, world.agent, id_taken_retry_s=0.5):
+        proposal = await answer(world, source, timeout=30)
     assert proposal.type == "command.proposed" and proposal.id == taken
     assert proposal.body["args"] == {"text": "not lost"}

@@ -444,6 +444,23 @@ async def test_rejection_denies_the_command(stack: Stack) -> None:
     assert view["state"] == "denied" and view["reason"] == "rejected_by_user"
 
 
+async def test_an_approval_whose_id_was_taken_first_is_refused_as_such(stack: Stack) -> None:
+    """Something else was stored under the approval's id first: the server drops the approval as
+    a duplicate; the API says so (409 id_taken) instead of accepting what was never stored."""
+    user = stack.home.load_key("user")
+    proposal = await propose(stack.bus, stack.home, "shell.run", {"argv": ["touch", "later"]})
+    await wait_pending(stack.client, proposal.id)
+    approval = answer(proposal, user, approve=True)
+    squat = sign_event(make_event("input.text", user.principal, {"text": "anything"}), user)
+    await stack.bus.publish_raw("sym.in.text", squat.to_wire(), msg_id=approval.id)
+    resp = await stack.client.post("/api/approvals", json=wire_b64(approval))
+    assert (resp.status_code, resp.json()["error"]) == (409, "id_taken"), resp.text
+    assert "sign the event anew" in resp.json()["detail"]
+    again = await stack.client.post("/api/approvals", json=wire_b64(answer(proposal, user, approve=True)))
+    assert again.status_code == 202, again.text  # signed anew: a new id
+    assert (await wait_type(stack.bus, proposal.id, "command.started")).cause == proposal.id
+
+
 async def test_stream_shows_new_approvals_within_a_second(stack: Stack) -> None:
     async with stack.client.stream("GET", "/api/approvals/stream") as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")

@@ -830,6 +830,12 @@ async def test_a_stream_made_anew_without_its_tail_fails_against_the_projections
     assert not report.ok and report.first_failure is not None
     assert report.first_failure.kind == "truncated" and report.first_failure.seq == len(msgs) - 2
     assert f"folded it through seq {folded}" in report.first_failure.message
+    # filled up again past that point with copies of earlier events: the message there is another
+    for msg in msgs[:4]:
+        await w.bus.publish_raw(msg.subject, msg.data)
+    assert await w.bus.last_seq() > folded
+    report = await audit(w.bus, checkpoint_dir=None, checkpoint_dsn=pg_dsn, uncovered_grace_s=3600)
+    assert [(f.seq, f.kind) for f in report.failures] == [(folded, "rewritten")], report.findings
 
 
 async def test_a_forgery_under_a_registry_events_id_does_not_keep_the_real_one_out(world: World) -> None:
@@ -849,3 +855,20 @@ async def test_a_forgery_under_a_registry_events_id_does_not_keep_the_real_one_o
     assert state.keyring.verify(w.text("after", key=phone), last + 3).ok is False  # revoked
     copy = state.apply(real, last + 4)
     assert not copy.ok and "replayed" in copy.detail
+
+
+async def test_a_refused_registry_event_signed_as_it_says_cannot_be_replayed_later(world: World) -> None:
+    """A policy change the owner signed with a key not yet registered is refused where it lies;
+    the same bytes published again once the key is registered are a replay, not applied."""
+    from symbiote.registry.follower import RegistryFollower
+
+    w = world
+    second = SigningKey.generate(w.owner.principal)
+    change = w.sign(second, "policy.set", {"command": "echo", "approval": {"mode": "user", "quorum": 1}})
+    last = await w.bus.last_seq()
+    state = await RegistryFollower(w.bus).ensure_through(last)
+    assert state.apply(change, last + 1).reason == "unknown_key"
+    registered = w.sign(w.owner, "key.registered", {"kid": second.kid, "principal": second.principal, "role": "owner"})
+    assert state.apply(registered, last + 2).ok
+    again = state.apply(change, last + 3)
+    assert not again.ok and "replayed" in again.detail

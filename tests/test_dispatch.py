@@ -214,6 +214,15 @@ async def test_a_duplicate_is_checked_against_what_holds_its_id(world: World) ->
     real = forged.model_copy(update={"sigs": ()})
     with pytest.raises(IdTakenError):  # same id and actor, another key: not this event made again
         await world.bus.publish(sign_event(real, world.agent))
+    from symbiote.bus.envelope import Sig
+
+    mine = world.proposal("echo", {"text": "mine"})
+    junk = mine.model_copy(
+        update={"body": {**mine.body, "args": {"text": "theirs"}}, "sigs": (Sig(kid=world.agent.kid, sig=bytes(64)),)}
+    )
+    await world.bus.publish_raw(f"sym.cmd.{mine.id}.proposed", junk.to_wire(), msg_id=mine.id)
+    with pytest.raises(IdTakenError):  # the agent's kid, with a signature that does not hold
+        await world.bus.publish(mine)
 
 
 async def test_crash_after_start_gives_outcome_unknown_unless_idempotent(world: World, tmp_path: Path) -> None:

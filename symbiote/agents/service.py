@@ -22,7 +22,7 @@ from symbiote.bus.envelope import Envelope, from_wire, make_event
 from symbiote.bus.ids import derived_event_id, now_ms
 from symbiote.bus.stream import Bus, Delivery, PullConsumer
 from symbiote.embeddings import load_embedder
-from symbiote.errors import BusError, DecodeError, SymbioteError
+from symbiote.errors import BusError, DecodeError, IdTakenError, SymbioteError
 from symbiote.lifecycle import Service
 from symbiote.registry.definition import CommandDefinition
 from symbiote.registry.follower import RegistryFollower
@@ -89,6 +89,7 @@ class Agent(Service):
         floor: float = 0.3,
         proposal_ttl_s: int = 300,
         clock: Callable[[], int] = now_ms,
+        id_taken_retry_s: float = 30.0,
     ) -> None:
         if key.role != "agent":
             raise SymbioteError("the agent signs with an agent key", principal=key.principal)
@@ -102,6 +103,7 @@ class Agent(Service):
         self.floor = floor
         self.proposal_ttl_s = proposal_ttl_s
         self.clock = clock
+        self.id_taken_retry_s = id_taken_retry_s
         self.counts: Counter[str] = Counter()
         self.outcomes: OrderedDict[str, str] = OrderedDict()  # command id -> last phase seen
         self._consumer = PullConsumer(bus, durable, AGENT_SUBJECTS, self._handle_batch, batch=64)
@@ -127,6 +129,12 @@ class Agent(Service):
                     await self._on_input(delivery)
                 else:
                     self._on_outcome(delivery)
+            except IdTakenError as exc:
+                # something else holds the id of what it made of the request: the server takes the
+                # same id again once its duplicate window has passed (minutes): not every second
+                log.warning("agent.id_taken", seq=delivery.seq, error=str(exc), retry_in_s=self.id_taken_retry_s)
+                await delivery.nak(delay=self.id_taken_retry_s)
+                continue
             except BusError as exc:
                 log.warning("agent.retry_later", seq=delivery.seq, error=str(exc))
                 await delivery.nak(delay=1.0)

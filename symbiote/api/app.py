@@ -61,7 +61,15 @@ from symbiote.bus.envelope import Envelope, from_wire
 from symbiote.bus.events import CommandApproved, CommandRejected, parse_body
 from symbiote.bus.ids import now_ms
 from symbiote.bus.stream import Bus
-from symbiote.errors import AudioError, BusError, DecodeError, ServerStartError, SignatureError, SymbioteError
+from symbiote.errors import (
+    AudioError,
+    BusError,
+    DecodeError,
+    IdTakenError,
+    ServerStartError,
+    SignatureError,
+    SymbioteError,
+)
 from symbiote.home import DataDir
 from symbiote.registry.policy import Denial, check_approval
 from symbiote.registry.state import REGISTRY_TYPES
@@ -403,6 +411,9 @@ def create_app(
 
     @app.exception_handler(BusError)
     async def _on_bus_error(_: Request, exc: BusError) -> JSONResponse:
+        if isinstance(exc, IdTakenError):  # another message was stored under this event's id first
+            log.warning("api.id_taken", error=str(exc))
+            return _refusal(ApiRefusal(409, "id_taken", f"{exc.message}: sign the event anew (a new id)"))
         log.warning("api.bus_unavailable", error=str(exc))
         return _refusal(ApiRefusal(503, "unavailable", f"the event log is not reachable: {exc.message}"))
 

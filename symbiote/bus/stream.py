@@ -30,6 +30,7 @@ from symbiote.bus.events import subject_for
 from symbiote.bus.reader import StoredMsg, raise_if_cancelling, read_ordered
 from symbiote.errors import BusError, ConflictError, DecodeError, IdTakenError
 from symbiote.lifecycle import Stopped, cancel_and_wait, unless_stopped
+from symbiote.signers.keys import verify_sig
 
 __all__ = [
     "DEFAULT_STREAM",
@@ -292,22 +293,26 @@ class Bus:
 
     async def _check_duplicate(self, event: Envelope, data: bytes, seq: int) -> None:
         """JetStream dropped ``event`` as a duplicate of the message at ``seq``: fine if that is
-        this event, or the same event made again (after a crash: the same id, type, actor and
-        signers; a later time). Anything else took the id first (anyone may publish a message
-        under a chosen ``Nats-Msg-Id``, and ids derived from a request can be computed): that
-        raises :class:`IdTakenError` rather than let the event vanish in silence. A retry after
-        the server's duplicate window (2 minutes by default) is stored."""
+        this event, or the same event made again (after a crash: the same id, type and actor on
+        the same subject, a later time, every signature holding and one by a key that signs this
+        one). Anything else took the id first (anyone may publish a message under a chosen
+        ``Nats-Msg-Id``, and ids derived from a request can be computed): that raises
+        :class:`IdTakenError` rather than let the event vanish in silence. A retry after the
+        server's duplicate window (5 minutes, as ``ensure_stream`` sets it) is stored."""
         stored = await self.get(seq)
-        if stored is not None and stored.data == data:
+        subject = subject_for(event)
+        if stored is not None and stored.data == data and stored.subject == subject:
             return
         try:
-            earlier = from_wire(stored.data) if stored is not None else None
+            earlier = from_wire(stored.data) if stored is not None and stored.subject == subject else None
         except DecodeError:
             earlier = None
         if (
             earlier is not None
             and (earlier.id, earlier.type, earlier.actor) == (event.id, event.type, event.actor)
-            and [s.kid for s in earlier.sigs] == [s.kid for s in event.sigs]
+            and earlier.sigs
+            and {s.kid for s in earlier.sigs} & {s.kid for s in event.sigs}
+            and all(verify_sig(s.kid, s.sig, earlier.signing_input()) for s in earlier.sigs)
         ):
             return
         log.warning("publish.id_taken", event_id=event.id, type=event.type, seq=seq)

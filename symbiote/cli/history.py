@@ -226,9 +226,9 @@ def why_command(
             for problem in story.problems:
                 console.print(f"  [red]✗[/red] {plain(problem)}")
         elif story.ran:
-            console.print("[green]allowed by the policy in force[/green]")
+            console.print(f"[green]{story.verdict()}[/green]")
         else:
-            console.print("it never ran")
+            console.print(story.verdict(), soft_wrap=True)
 
     _run(go)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import hashlib
 import html
 import json
 from collections import OrderedDict
@@ -832,13 +833,13 @@ async def audit(
     if checkpoint_dir is not None:
         outside.append(CheckpointCopies("in the files", *load_checkpoint_files(checkpoint_dir)))
         report.checkpoint_files = len(outside[-1].records)
-    folded = 0
+    folded, folded_sha = 0, None
     if checkpoint_dsn is not None:  # PostgreSQL may lag (it is written after the file): only a note
         records, problems = await load_checkpoint_rows(checkpoint_dsn, checkpoint_schema)
         outside.append(CheckpointCopies("in PostgreSQL", records, problems, required=False))
         report.checkpoint_rows = len(records)
         # read before the stream: the projections cannot be ahead of the log they fold
-        folded = await projected_through(checkpoint_dsn, checkpoint_schema)
+        folded, folded_sha = await projected_through(checkpoint_dsn, checkpoint_schema)
     state = await bus.stream_state()
     report.stream_first_seq = int(state.first_seq or 0)
     report.stream_last_seq = int(state.last_seq or 0)
@@ -886,6 +887,18 @@ async def audit(
                 f"through seq {folded}: its tail was cut off (the stream was made anew)",
             )
         )
+    elif folded and folded_sha is not None:  # made anew and filled up again past that point
+        there = await bus.get(folded)
+        if there is not None and hashlib.sha256(there.data).digest() != folded_sha:
+            auditor.add(
+                Finding(
+                    folded,
+                    "fail",
+                    "rewritten",
+                    f"the message at seq {folded} is not the one the projections in PostgreSQL folded there: "
+                    "the log was rewritten from there on (the stream made anew)",
+                )
+            )
     if owner_kid is not None:
         _check_owner(auditor, owner_kid)
     if report.messages and not report.checkpoints and outside and not any(c.records for c in outside):
@@ -994,15 +1007,20 @@ class CommandStory:
         if self.problems:
             out.append("Policy problems:")
             out.extend(f"  ✗ {p}" for p in self.problems)
-        elif self.ran:
-            out.append("Allowed by the policy in force.")
-        elif any(step.kind == "execution" for step in self.steps):
-            out.append("Nothing proves it ran: no start of it holds as the runtime's.")
-        elif any(step.kind == "gap" for step in self.steps):
-            out.append("Nothing left in the log says it ran, but events were deleted where its start could have been.")
         else:
-            out.append("It never ran.")
+            verdict = self.verdict()
+            out.append(verdict[0].upper() + verdict[1:] + ".")
         return out
+
+    def verdict(self) -> str:
+        """Whether it ran and was allowed to, in words, when no policy problem was found."""
+        if self.ran:
+            return "allowed by the policy in force"
+        if any(step.kind == "execution" for step in self.steps):
+            return "nothing proves it ran: no start of it holds as the runtime's"
+        if any(step.kind == "gap" for step in self.steps):
+            return "nothing left in the log says it ran, but events were deleted where its start could have been"
+        return "it never ran"
 
 
 def _input_words(source: Envelope) -> str:
@@ -1165,7 +1183,7 @@ def _route(subject: str) -> tuple[str, ...]:
     (``sym.cmd.<id>.<step>``), the registry (``sym.reg.…``), requests (``sym.in.…``)."""
     parts = subject.split(".")
     if parts[:2] == ["sym", "cmd"]:
-        return tuple(parts[:4])
+        return tuple(parts) if len(parts) == 4 else (*parts[:2], "(not a step's subject)")
     return tuple(parts[:2])
 
 
@@ -1247,6 +1265,8 @@ def _step(
 _KIND_WORDS = {
     "gap": "Missing events",
     "truncated": "Log cut short",
+    "rewritten": "Log rewritten",
+    "stream_config": "Log set up to misfile events",
     "unreadable": "Unreadable message",
     "signature": "Signature does not hold",
     "wrong_role": "Signed by the wrong kind of key",

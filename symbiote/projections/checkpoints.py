@@ -213,15 +213,19 @@ def load_checkpoint_files(directory: Path) -> tuple[list[CheckpointRecord], list
 _Loaded = tuple[list[CheckpointRecord], list[tuple[str, str]]]
 
 
-async def projected_through(dsn: str, schema: str = "public") -> int:
-    """The last stream sequence the projections in ``schema`` folded (0 when there are none): the
-    log reached at least that far, which an audit holds against a stream made anew."""
+async def projected_through(dsn: str, schema: str = "public") -> tuple[int, bytes | None]:
+    """The last stream sequence the projections in ``schema`` folded (0 when there are none), and
+    the SHA-256 of the message they folded there: the log reached at least that far, with that
+    message there, which an audit holds against a stream made anew."""
     conn = await connect(dsn, schema)
     try:
         with translate("read the projections' position", schema=schema):
-            if not await conn.fetchval("SELECT to_regclass('projection_checkpoints') IS NOT NULL"):
-                return 0
-            return int(await conn.fetchval("SELECT coalesce(max(last_seq), 0) FROM projection_checkpoints"))
+            table = await conn.fetchval("SELECT to_regclass(quote_ident($1) || '.projection_checkpoints')", schema)
+            if table is None:
+                return 0, None
+            folded = int(await conn.fetchval("SELECT coalesce(max(last_seq), 0) FROM projection_checkpoints"))
+            raw = await conn.fetchval("SELECT raw_sha256 FROM events WHERE seq = $1", folded) if folded else None
+            return folded, bytes(raw) if raw is not None else None
     finally:
         with contextlib.suppress(*DB_ERRORS):
             await conn.close()

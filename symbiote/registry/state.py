@@ -20,6 +20,7 @@ from symbiote.bus.events import CommandDefined, PolicySet, parse_body
 from symbiote.errors import ConfigError, DecodeError
 from symbiote.registry.definition import ApprovalPolicy, CommandDefinition, load_definition
 from symbiote.signers.keyring import Keyring, Verdict
+from symbiote.signers.keys import verify_sig
 
 __all__ = ["REGISTRY_TYPES", "RegistryState", "default_definitions"]
 
@@ -58,28 +59,33 @@ class RegistryState:
     policies: dict[str, _History[ApprovalPolicy]] = field(default_factory=dict)
     applied_through: int = 0
     rejected: int = 0
-    seen: dict[str, int] = field(default_factory=dict)  # registry event id -> where it first appeared
+    # registry event id -> (where, signing kids) of each event under it whose signatures hold
+    seen: dict[str, list[tuple[int, frozenset[str]]]] = field(default_factory=dict)
 
     def apply(self, event: Envelope, seq: int) -> Verdict:
         """Fold one registry event at ``seq``. Returns its verdict; a failed one changes nothing.
 
         An event is folded once: a copy of it published again later (an old, validly signed
-        ``command.defined`` that would undo every policy set since) is refused. Only an event that
-        was folded takes its id: a forgery published first under a registry event's id does not
-        keep the real one out.
+        ``command.defined`` that would undo every policy set since) is refused, whether the first
+        was applied or refused. An event under an id seen before counts as a copy when a key
+        signed both: a forgery published first under a registry event's id (signed by a key of
+        the forger's, or not at all) does not keep the real one out.
         """
         self.applied_through = max(self.applied_through, seq)
-        first = self.seen.get(event.id, seq)
-        if first != seq:
+        kids = frozenset(s.kid for s in event.sigs)
+        first = next((where for where, signers in self.seen.get(event.id, ()) if signers & kids and where != seq), None)
+        if first is not None:
             self.rejected += 1
             return Verdict((), "malformed", f"replayed: event {event.id} appeared before, at seq {first}")
         if event.type in ("key.registered", "key.revoked"):
             verdict = self.keyring.apply(event, seq)
         else:
             verdict = self._apply_definition(event, seq)
-        if verdict.ok:
-            self.seen.setdefault(event.id, seq)
-        else:
+        if verdict.ok or (kids and all(verify_sig(s.kid, s.sig, event.signing_input()) for s in event.sigs)):
+            held = self.seen.setdefault(event.id, [])
+            if all(where != seq for where, _ in held):
+                held.append((seq, kids))
+        if not verdict.ok:
             self.rejected += 1
         return verdict
 
