@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 
-__all__ = ["derived_event_id", "is_event_id", "new_event_id", "now_ms"]
+__all__ = ["derived_event_id", "event_id_ms", "is_event_id", "new_event_id", "now_ms"]
 
 _lock = threading.Lock()
 _last_ms = 0
@@ -46,14 +46,18 @@ def is_event_id(value: object) -> bool:
     return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
 
 
+def event_id_ms(event_id: str) -> int:
+    """The Unix milliseconds a UUIDv7 event id carries (when it was made, by its maker's clock)."""
+    return uuid.UUID(event_id).int >> 80
+
+
 def derived_event_id(parent_id: str, purpose: str) -> str:
     """A UUIDv7-shaped id fixed by ``(parent_id, purpose)``: the same input always yields the same
     derived event id, so a component that re-processes an input after a crash publishes an event
     that JetStream de-duplicates (and the dispatcher refuses as a replay) instead of a second one."""
     import hashlib
 
-    parent = uuid.UUID(parent_id)
-    ms = parent.int >> 80
+    ms = event_id_ms(parent_id)
     digest = int.from_bytes(hashlib.sha256(f"{parent_id}/{purpose}".encode()).digest()[:10], "big")
     value = ms << 80 | 0x7 << 76 | (digest >> 68) << 64 | 0b10 << 62 | (digest & ((1 << 62) - 1))
     return str(uuid.UUID(int=value))

@@ -15,6 +15,7 @@ import contextlib
 import json
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import nats
@@ -408,6 +409,13 @@ class Bus:
         """The message at ``seq``, or None if there is none (deleted or beyond the end)."""
         req = {"seq": seq}
         return await self._direct_get(req)
+
+    async def first_seq_since(self, ms: int) -> int | None:
+        """The sequence of the first message the server stored at or after ``ms`` (Unix
+        milliseconds, the server's clock), or None when none was."""
+        when = datetime.fromtimestamp(max(ms, 0) / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        found = await self._direct_get({"start_time": when})
+        return found.seq if found is not None else None
 
     async def next_after(self, subject: str, seq: int) -> StoredMsg | None:
         """The first message at or after ``seq`` on ``subject`` (wildcards allowed), or None."""

@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from symbiote.bus.envelope import Envelope, from_wire
 from symbiote.bus.events import BODY_TYPES, parse_body, subject_for
-from symbiote.bus.ids import derived_event_id, is_event_id, now_ms
+from symbiote.bus.ids import derived_event_id, event_id_ms, is_event_id, now_ms
 from symbiote.bus.stream import Bus, StoredMsg, stream_config_problems
 from symbiote.errors import ConfigError, DecodeError
 from symbiote.files import write_private
@@ -1066,8 +1066,13 @@ async def find_verified_input(
     return seq, event, state.keyring.verify(event, seq)
 
 
-async def why(bus: Bus, command_id: str) -> CommandStory:
-    """The chain of one command: input → proposal (agent, confidence) → approvals → execution → result."""
+async def why(bus: Bus, command_id: str, *, clock_leeway_ms: int = 2_000) -> CommandStory:
+    """The chain of one command: input → proposal (agent, confidence) → approvals → execution → result.
+
+    Where its proposal is gone, deletions since its id was made are marked (``clock_leeway_ms``
+    earlier: the agent's clock may run ahead of the server's), and the run of them just before
+    the first message stored since; where it has not ended, deletions after it (for one that did
+    not start, until its proposal expired)."""
     if not is_event_id(command_id):
         raise ConfigError("a command id is the UUID of its proposal (lower-case, with hyphens)", command_id=command_id)
     story = CommandStory(command_id, found=False)
@@ -1076,7 +1081,7 @@ async def why(bus: Bus, command_id: str) -> CommandStory:
         for purpose in ("proposal", "clarify", "suggest"):
             derived = derived_event_id(command_id, purpose)
             if await bus.next_after(f"sym.cmd.{derived}.>", 1) is not None:
-                story = await why(bus, derived)
+                story = await why(bus, derived, clock_leeway_ms=clock_leeway_ms)
                 story.request_id = command_id
                 return story
         request = await find_verified_input(bus, command_id, await bus.last_seq() + 1)
@@ -1141,41 +1146,45 @@ async def why(bus: Bus, command_id: str) -> CommandStory:
                     {"event_id": source.id, "type": source.type, "verified": verdict.principals},
                 )
             )
-    # where the log lost events after the story began (the runtime deletes none), the story says
-    # so, in place: a deleted proposal, approval, start or outcome is judged as missing; for a
-    # command that has not ended, deletions after its last step too
-    deleted = await bus.deleted_seqs()
+    # where the log lost events the story may have held (the runtime deletes none), the story says
+    # so, in place: a deleted proposal, approval, start or outcome is judged as missing
+    deleted = [(d, d) for d in await bus.deleted_seqs()]
+    first_seq = int((await bus.stream_state()).first_seq or 1)
+    purged = False
     if life.proposal is None and begins == (events[0][0] if events else last):
-        # no proposal, nor the request it answered: the run of deletions just before the first
-        # step left may have held them
-        runs_before = _runs([d for d in deleted if d < begins])
-        if runs_before:
-            begins = runs_before[-1][0] - 1
-    deleted = [d for d in deleted if d > begins]
+        # no proposal, nor the request it answered: deletions since the command's id was made
+        # (its proposal's id, by the agent's clock) may have held them
+        since = await bus.first_seq_since(event_id_ms(command_id) - clock_leeway_ms)
+        begins = min(begins, since if since is not None else last + 1)
+        present = {d for d, _ in deleted}
+        while begins - 1 in present:  # a deletion just before the first message since then may be one
+            begins -= 1
+        purged = first_seq > 1 and begins <= first_seq  # the beginning was purged, and may have held them
+        begins -= 1
+    deleted = [(a, b) for a, b in deleted if b > begins]
+    if purged:
+        deleted.insert(0, (1, first_seq - 1))
+    if life.reply is not None or life.terminal is not None:
+        ends = events[-1][0] if events else last  # a question, a suggestion, an ended command: nothing follows
+    elif life.proposal is not None and not life.started_seq:  # it could start only before it expired
+        until = await bus.first_seq_since(int(life.proposal.body.get("expires_at", 0)) + clock_leeway_ms)
+        ends = until if until is not None else 1 << 62
+    else:
+        ends = 1 << 62  # started, or no proposal left: its outcome may come at any time
+    deleted = [(a, b) for a, b in deleted if a < ends]
     for seq, event in events:
-        gone = [d for d in deleted if d < seq]
+        gone = [(a, b) for a, b in deleted if a < seq]
         if gone:
             deleted = deleted[len(gone) :]
             story.steps.extend(_gap_steps(gone, "between these steps" if story.steps else "before these steps"))
         story.steps.append(_step(state, life, command_id, seq, event, events))
-    if deleted and life.terminal is None:  # an ended command's story is whole: nothing follows an outcome
-        story.steps.extend(_gap_steps(deleted, "after these steps"))
+    if deleted:
+        story.steps.extend(_gap_steps(deleted, "after these steps" if events else "where its steps would be"))
     for seq, event in events:
         if event.type == "command.started" and decision_problem(state, command_id, event, seq) is None:
             before = [(s, e) for s, e in events if s < seq]
             story.problems.extend(f"seq {seq}: {p}" for p in judge_execution(state, command_id, before, event, seq))
     return story
-
-
-def _runs(seqs: list[int]) -> list[list[int]]:
-    """Sorted sequences in runs of consecutive ones."""
-    runs: list[list[int]] = []
-    for seq in seqs:
-        if runs and seq == runs[-1][-1] + 1:
-            runs[-1].append(seq)
-        else:
-            runs.append([seq])
-    return runs
 
 
 def _route(subject: str) -> tuple[str, ...]:
@@ -1187,17 +1196,24 @@ def _route(subject: str) -> tuple[str, ...]:
     return tuple(parts[:2])
 
 
-def _gap_steps(deleted: list[int], where: str) -> list[Step]:
+def _gap_steps(deleted: list[tuple[int, int]], where: str) -> list[Step]:
     """One step per run of consecutive deleted sequences, saying what may be missing there."""
+    runs: list[list[int]] = []
+    for start, end in deleted:
+        if runs and start == runs[-1][1] + 1:
+            runs[-1][1] = end
+        else:
+            runs.append([start, end])
     steps = []
-    for run in _runs(deleted):
-        which = f"event #{run[0]} was" if len(run) == 1 else f"events #{run[0]}–#{run[-1]} ({len(run)}) were"
+    for start, end in runs:
+        count = end - start + 1
+        which = f"event #{start} was" if count == 1 else f"events #{start}–#{end} ({count}) were"
+        how = "purged from the beginning of the log" if start == 1 else f"deleted from the log {where}"
         text = (
-            f"{which} deleted from the log {where}: it may have been one of this command's (an approval, "
-            "its start or its outcome, say), and the story is told without it (`symbiote audit` names every "
-            "deletion)"
+            f"{which} {how}: it may have been one of this command's (its proposal, an approval, its start or "
+            "its outcome, say), and the story is told without it (`symbiote audit` names every deletion)"
         )
-        steps.append(Step("gap", run[0], None, None, text, False, {"deleted": run}))
+        steps.append(Step("gap", start, None, None, text, False, {"deleted": [start, end]}))
     return steps
 
 
