@@ -72,7 +72,7 @@ from symbiote.errors import (
 )
 from symbiote.home import DataDir
 from symbiote.registry.policy import Denial, check_approval
-from symbiote.registry.state import REGISTRY_TYPES
+from symbiote.registry.state import is_registry_change
 from symbiote.signers.keys import public_key_from_kid, verify_sig
 from symbiote.validation import error_words
 
@@ -712,7 +712,7 @@ def _row(board: ApprovalBoard, seq: int, subject: str, data: bytes) -> EventRow:
         event = from_wire(data)
     except DecodeError as exc:
         return EventRow(seq=seq, subject=subject, problem=f"undecodable: {exc}")
-    if event.type in REGISTRY_TYPES and subject.startswith("sym.reg."):
+    if is_registry_change(subject, event.type):
         verdict = board.registry_verdicts.get(seq)
         if verdict is None:
             return EventRow(seq=seq, subject=subject, event=event_json(event), problem="not applied")

@@ -13,7 +13,7 @@ from symbiote.bus.events import body_problem
 from symbiote.bus.stream import Bus, StoredMsg
 from symbiote.errors import DecodeError
 from symbiote.projections.jsontext import jsonable
-from symbiote.registry.state import REGISTRY_TYPES, RegistryState
+from symbiote.registry.state import RegistryState, is_registry_change
 
 __all__ = ["WAIT_STATUS", "EventRow", "follow_chain", "rows", "wait_status"]
 
@@ -80,7 +80,7 @@ def _fold(state: RegistryState, msg: StoredMsg) -> None:
         event = from_wire(msg.data)
     except DecodeError:
         return
-    if event.type in REGISTRY_TYPES:
+    if is_registry_change(msg.subject, event.type):
         state.apply(event, msg.seq)
 
 
@@ -89,7 +89,7 @@ def _row(state: RegistryState, msg: StoredMsg) -> EventRow:
         event = from_wire(msg.data)
     except DecodeError as exc:
         return EventRow(msg.seq, msg.subject, None, [], f"undecodable: {exc}")
-    if event.type in REGISTRY_TYPES:
+    if is_registry_change(msg.subject, event.type):
         verdict = state.apply(event, msg.seq)
         # a change whose every signature holds, yet refused (signed by a key of the wrong role, a
         # definition that does not fit): who signed it shows

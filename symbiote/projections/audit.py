@@ -67,7 +67,7 @@ from symbiote.registry.policy import (
     fold_command,
     runtime_signed,
 )
-from symbiote.registry.state import REGISTRY_TYPES, RegistryState
+from symbiote.registry.state import REGISTRY_TYPES, RegistryState, is_registry_change
 from symbiote.signers.keyring import Verdict
 
 __all__ = [
@@ -365,7 +365,7 @@ class _Auditor:
         cid = command_id_of(item.subject)
         report.signatures_checked += len(event.sigs)
         by_runtime = False
-        if item.subject.startswith("sym.reg.") and event.type in REGISTRY_TYPES:
+        if is_registry_change(item.subject, event.type):
             verdict = self.state.apply(event, seq)
             if not verdict.ok:
                 severity: Severity = "fail" if verdict.reason in SIGNATURE_REASONS else "warn"

@@ -29,7 +29,7 @@ from symbiote.errors import DecodeError
 from symbiote.projections.jsontext import json_text, jsonable, pg_text
 from symbiote.projections.verify import CachedKeyring, Decoded, reading, verdict_at
 from symbiote.registry.policy import CommandLife, Denial, check_approval, fold_command, fold_event, signed_late
-from symbiote.registry.state import REGISTRY_TYPES, RegistryState
+from symbiote.registry.state import REGISTRY_TYPES, RegistryState, is_registry_change
 from symbiote.signers.keyring import Verdict
 
 __all__ = [
@@ -440,8 +440,7 @@ class Folder:
                 )
             )
             return
-        registry = item.subject.startswith("sym.reg.")
-        if registry and event.type in REGISTRY_TYPES:
+        if is_registry_change(item.subject, event.type):
             verdict = self.state.apply(event, item.seq)
             if verdict.ok:
                 self._note_registry(event)
@@ -451,7 +450,7 @@ class Folder:
         body_ok = item.body_problem is None
         if problem is None:
             problem = item.body_problem
-            if body_ok and registry and event.type not in REGISTRY_TYPES:
+            if body_ok and item.subject.startswith("sym.reg.") and event.type not in REGISTRY_TYPES:
                 problem = f"{event.type} is not a registry event"
         rows.events.append(
             (

@@ -22,11 +22,17 @@ from symbiote.registry.definition import ApprovalPolicy, CommandDefinition, load
 from symbiote.signers.keyring import Keyring, Verdict
 from symbiote.signers.keys import verify_sig
 
-__all__ = ["REGISTRY_TYPES", "RegistryState", "default_definitions"]
+__all__ = ["REGISTRY_TYPES", "RegistryState", "default_definitions", "is_registry_change"]
 
 T = TypeVar("T")
 
 REGISTRY_TYPES = frozenset({"key.registered", "key.revoked", "command.defined", "policy.set"})
+
+
+def is_registry_change(subject: str, event_type: str) -> bool:
+    """Whether every reader of the registry folds an event of ``event_type`` lying on ``subject``:
+    a registry type on a ``sym.reg.…`` subject (elsewhere, none of them reads it)."""
+    return subject.startswith("sym.reg.") and event_type in REGISTRY_TYPES
 
 
 @dataclass
