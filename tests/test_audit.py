@@ -748,8 +748,9 @@ async def test_why_marks_deletions_before_the_first_step_left_and_after_the_last
 
     echoed = await why(w.bus, echo)
     kinds = [s.kind for s in echoed.steps]
-    assert kinds == ["gap", "execution", "result"], kinds  # where its proposal was is marked
-    assert echoed.steps[0].details["deleted"] == proposed * 2 and "before these steps" in echoed.steps[0].text
+    # the request is found through the runtime's decisions; where its proposal was is marked
+    assert kinds == ["input", "gap", "execution", "result"], kinds
+    assert echoed.steps[1].details["deleted"] == proposed * 2 and "between these steps" in echoed.steps[1].text
     assert not echoed.chain_ok
     bad = await why(w.bus, made["bad"].id)  # denied before the deletions: its story is whole
     assert "gap" not in [s.kind for s in bad.steps] and bad.chain_ok
@@ -890,12 +891,18 @@ async def test_why_looks_for_a_missing_proposal_only_where_it_could_be(world: Wo
     await w.send(source)
     proposed = await w.send(proposal)
     denied = await w.send(w.runtime_event("command.denied", proposal, reason="expired", detail="too late"))
+    asked = denied - 2  # the request, found through the denial's corr
     for seq in (unrelated, proposed):
         await w.bus.js.delete_msg(w.bus.stream, seq)
     story = await why(w.bus, proposal.id, clock_leeway_ms=0)
-    assert [(s.kind, s.seq) for s in story.steps] == [("gap", proposed), ("denial", denied)], story.steps
+    expected = [("input", asked), ("gap", proposed), ("denial", denied)]
+    assert [(s.kind, s.seq) for s in story.steps] == expected, story.steps
+    await w.bus.js.delete_msg(w.bus.stream, asked)  # the request too: where to look is by time now
+    story = await why(w.bus, proposal.id, clock_leeway_ms=0)
+    assert [(s.kind, s.seq) for s in story.steps] == [("input", None), ("gap", asked), ("denial", denied)]
+    assert story.steps[1].details["deleted"] == [asked, proposed]
     wide = await why(w.bus, proposal.id, clock_leeway_ms=60_000)  # a clock that may run a minute ahead
-    assert [s.seq for s in wide.steps if s.kind == "gap"] == [unrelated, proposed]
+    assert [s.seq for s in wide.steps if s.kind == "gap"] == [unrelated, asked]
 
     pending_in = w.text("run it")
     pending = w.proposal(pending_in, "shell.run", {"argv": ["true"]})
