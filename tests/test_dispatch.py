@@ -356,6 +356,29 @@ async def test_bad_input_does_not_stop_the_dispatcher(world: World, dispatcher: 
     assert is_terminal(await world.wait_terminal(proposal.id), proposal.id)
 
 
+async def test_an_unreadable_first_message_followed_by_more_is_closed_once(world: World, tmp_path: Path) -> None:
+    """A command's first message cannot be its proposal (unreadable, or another id) and more
+    messages follow before the dispatcher gets to it: it is closed with one terminal denial after
+    them (a denial that expected only the first message lost every retry, forever, and such
+    messages piled up until the dispatcher took nothing new)."""
+    poisoned = []
+    for first in (b"\xc1garbage", world.proposal("echo", {"text": "another id"}).to_wire()):
+        cid = new_event_id()
+        await world.bus.publish_raw(f"sym.cmd.{cid}.proposed", first, msg_id=cid)
+        await world.bus.publish_raw(f"sym.cmd.{cid}.approved", b"anything", msg_id=new_event_id())
+        poisoned.append(cid)
+    async with Dispatcher(world.bus, world.runtime, Executors(tmp_path / "ws")) as dispatcher:
+        for cid in poisoned:
+            denial = await world.wait_terminal(cid)
+            assert denial.type == "command.denied" and denial.body["reason"] == "malformed"
+        proposal = await world.propose("echo", {"text": "still served"})
+        assert (await world.wait_terminal(proposal.id)).type == "command.succeeded"
+        assert dispatcher.counts["bus_errors"] == 0
+    for cid in poisoned:
+        events = await world.command_events(cid)
+        assert sum(is_terminal(e, cid) for e in events) == 1, [(e.type, e.body) for e in events]
+
+
 async def test_bus_connects_to_a_list_of_servers(nats_url: str) -> None:
     from symbiote.bus.stream import Bus
 

@@ -42,6 +42,8 @@ COMMAND_SUBJECTS = ("sym.cmd.*.proposed", "sym.cmd.*.approved", "sym.cmd.*.rejec
 ORPHAN_GRACE_S = 30.0
 """How long past its time limit a started command may go without an outcome before another
 dispatcher takes its runner for dead (a message its runner left unacknowledged says so sooner)."""
+MAX_DELIVERIES = 120
+"""A message whose handling fails with a bus error this many times is given up (logged as an error)."""
 log = structlog.get_logger("symbiote.dispatcher")
 
 
@@ -166,8 +168,14 @@ class Dispatcher(Service):
             else:
                 await self._on_approval(delivery, command_id)
         except BusError as exc:
-            # NATS unavailable even after retries: leave it unacked; it comes back.
+            # NATS unavailable even after retries: leave it unacked; it comes back (a message that
+            # fails every time is given up, so that it cannot hold a place among the unacknowledged)
             self.counts["bus_errors"] += 1
+            if delivery.num_delivered >= MAX_DELIVERIES:
+                self.counts["given_up"] += 1
+                bound.error("dispatch.given_up", error=str(exc), deliveries=delivery.num_delivered)
+                await delivery.term()
+                return
             bound.warning("dispatch.retry_later", error=str(exc))
             await delivery.nak(delay=1.0)
             return
@@ -183,13 +191,11 @@ class Dispatcher(Service):
         try:
             event = from_wire(delivery.data)
         except DecodeError as exc:
-            await self._note(
-                command_id,
-                "malformed",
-                f"undecodable proposal at seq {delivery.seq}: {exc}",
-                terminal=is_first,
-                expect=delivery.seq if is_first else None,
-            )
+            detail = f"undecodable proposal at seq {delivery.seq}: {exc}"
+            if is_first:
+                await self._close_unreadable(command_id, detail, delivery.seq)
+            else:
+                await self._note(command_id, "malformed", detail, terminal=False)
             return
         self._remember_corr(command_id, event.corr)
         if not is_first:
@@ -201,9 +207,7 @@ class Dispatcher(Service):
             )
             return
         if event.id != command_id:
-            await self._note(
-                command_id, "malformed", "proposal id differs from its subject", terminal=True, expect=delivery.seq
-            )
+            await self._close_unreadable(command_id, "proposal id differs from its subject", delivery.seq)
             return
         if delivery.num_delivered == 1:
             # fast path: nothing can follow the proposal yet unless another writer raced us
@@ -264,6 +268,23 @@ class Dispatcher(Service):
             await self._advance(command_id, delivery)  # the note moved the log on: read it again
             return
         await self._advance(command_id, delivery, life)
+
+    async def _close_unreadable(self, command_id: str, detail: str, first_seq: int) -> None:
+        """End a command whose first message cannot be its proposal with a terminal denial, after
+        whatever the log holds on its subjects by then (more may follow the first: a retry that
+        expected only the first would lose every time), unless something has ended it already."""
+        expect = first_seq
+        for _ in range(10):
+            try:
+                await self._note(command_id, "malformed", detail, terminal=True, expect=expect)
+                return
+            except ConflictError:
+                self.counts["conflicts"] += 1
+                if (await self._life(command_id)).terminal is not None:
+                    return  # ended already: by another dispatcher, or by this one before an ack was lost
+                history = await self.bus.history(f"sym.cmd.{command_id}.>", first_seq, limit=None)
+                expect = history[-1].seq if history else first_seq
+        log.warning("dispatch.gave_up_racing", command_id=command_id)
 
     # -- deciding --------------------------------------------------------------------------
     async def _life(self, command_id: str) -> CommandLife:
