@@ -8,6 +8,7 @@ import os
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -20,6 +21,7 @@ from symbiote.bus.server import NatsServer
 from symbiote.bus.stream import Bus
 from symbiote.dispatcher import Dispatcher, Executors
 from symbiote.dispatcher.service import ORPHAN_GRACE_S
+from symbiote.errors import ConflictError
 from symbiote.registry.definition import ApprovalPolicy, CommandDefinition, validate_args
 from symbiote.signers.keys import SigningKey, sign_event
 from tests.helpers import World, eventually, is_terminal
@@ -223,6 +225,42 @@ async def test_a_duplicate_is_checked_against_what_holds_its_id(world: World) ->
     await world.bus.publish_raw(f"sym.cmd.{mine.id}.proposed", junk.to_wire(), msg_id=mine.id)
     with pytest.raises(IdTakenError):  # the agent's kid, with a signature that does not hold
         await world.bus.publish(mine)
+
+
+async def test_a_conditional_publish_whose_answer_was_lost_is_not_taken_for_a_lost_race(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server stores a publish that expects the command's last sequence, and its answer is
+    lost on the way: the retry, refused for the sequence (the server checks that before
+    duplicates), is found to be our own message, not another writer's."""
+    import nats.errors
+
+    proposal = await world.propose("echo", {"text": "x"})
+    last = (await world.bus.history(f"sym.cmd.{proposal.id}.>"))[-1].seq
+    real_publish = world.bus.js.publish
+    calls = 0
+
+    async def answer_lost(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        ack = await real_publish(*args, **kwargs)
+        if calls == 1:
+            raise nats.errors.TimeoutError  # stored, but no answer came back
+        return ack
+
+    monkeypatch.setattr(world.bus.js, "publish", answer_lost)
+    started = sign_event(
+        make_event("command.started", world.runtime.principal, {"command_id": proposal.id, "sandbox": {}}),
+        world.runtime,
+    )
+    ack = await world.bus.publish(started, expect_last_seq=last, expect_subject=f"sym.cmd.{proposal.id}.>")
+    assert calls == 2 and ack.duplicate and ack.seq == last + 1
+    assert [e.id for e in await world.command_events(proposal.id)] == [proposal.id, started.id]
+    other = sign_event(
+        make_event("command.started", world.runtime.principal, {"command_id": proposal.id}), world.runtime
+    )
+    with pytest.raises(ConflictError):  # a real lost race is still one
+        await world.bus.publish(other, expect_last_seq=last, expect_subject=f"sym.cmd.{proposal.id}.>")
 
 
 async def test_crash_after_start_gives_outcome_unknown_unless_idempotent(world: World, tmp_path: Path) -> None:

@@ -342,6 +342,7 @@ class Bus:
             if expect_subject is not None:
                 headers["Nats-Expected-Last-Subject-Sequence-Subject"] = expect_subject
         delay = 0.05
+        unanswered = False  # an earlier attempt got no answer: it may have been stored all the same
         for attempt in range(1, attempts + 1):
             try:
                 ack = await self.js.publish(subject, data, headers=headers or None, timeout=5)
@@ -349,6 +350,12 @@ class Bus:
                 return ack
             except nats.js.errors.APIError as exc:
                 if exc.err_code == _WRONG_LAST_SEQUENCE:
+                    # the server checks the expected sequence before duplicates: an attempt stored
+                    # whose answer was lost makes its retry look like a lost race; it is our own
+                    if unanswered and msg_id is not None:
+                        stored = await self._direct_get({"last_by_subj": subject})
+                        if stored is not None and stored.data == data:
+                            return api.PubAck(stream=self.stream, seq=stored.seq, duplicate=True)
                     raise ConflictError(
                         "another writer appended first", subject=subject, expected=expect_last_seq
                     ) from exc
@@ -359,6 +366,7 @@ class Bus:
                 raise BusError("publish refused", subject=subject, error=str(exc), code=exc.err_code) from exc
             except _RETRYABLE as exc:
                 raise_if_cancelling()
+                unanswered = True
                 if attempt == attempts:
                     raise BusError("publish failed after retries", subject=subject, error=repr(exc)) from exc
                 log.warning("publish.retry", subject=subject, attempt=attempt, error=repr(exc), event_id=msg_id)
@@ -499,6 +507,7 @@ class Bus:
                 return result
             except _RETRYABLE as exc:
                 raise_if_cancelling()
+                unanswered = True
                 if attempt == attempts:
                     raise BusError("NATS request failed after retries", error=repr(exc)) from exc
                 await asyncio.sleep(delay)
