@@ -417,6 +417,31 @@ async def test_an_unreadable_first_message_followed_by_more_is_closed_once(world
         assert sum(is_terminal(e, cid) for e in events) == 1, [(e.type, e.body) for e in events]
 
 
+async def test_only_the_runtimes_approval_requests_are_followed(world: World, dispatcher: Dispatcher) -> None:
+    """Approval requests claiming to be the runtime's, signed by another key, for ``*`` or for an
+    id their subject does not name, are not followed (the expiry check would read the whole log
+    for ``*``, or judge a command for a forged one); the runtime's own is."""
+    stranger = SigningKey.generate(world.runtime.principal)
+    far = now_ms() + 3_600_000
+    body = {"digest": bytes(32), "needs": 1, "principals": ["user:alice"], "expires_at": far}
+    forged = [
+        ("*", "sym.cmd.*.approval_requested", world.runtime),  # not a command id
+        (new_event_id(), f"sym.cmd.{new_event_id()}.approval_requested", world.runtime),  # another subject
+        (new_event_id(), None, stranger),  # the runtime's name, another key
+    ]
+    for cid, subject, key in forged:
+        event = sign_event(make_event("command.approval_requested", key.principal, {"command_id": cid, **body}), key)
+        await world.bus.publish_raw(subject or f"sym.cmd.{cid}.approval_requested", event.to_wire())
+    risky = await world.propose("shell.run", {"argv": ["true"]})
+    await eventually(lambda: _has(dispatcher._pending, risky.id))
+    await asyncio.sleep(0.3)  # the forged ones came first: they would be there by now
+    assert set(dispatcher._pending) == {risky.id}
+
+
+async def _has(pending: dict[str, int], key: str) -> bool:
+    return key in pending
+
+
 async def test_bus_connects_to_a_list_of_servers(nats_url: str) -> None:
     from symbiote.bus.stream import Bus
 

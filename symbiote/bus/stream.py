@@ -507,7 +507,6 @@ class Bus:
                 return result
             except _RETRYABLE as exc:
                 raise_if_cancelling()
-                unanswered = True
                 if attempt == attempts:
                     raise BusError("NATS request failed after retries", error=repr(exc)) from exc
                 await asyncio.sleep(delay)

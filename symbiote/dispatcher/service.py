@@ -32,6 +32,7 @@ from symbiote.registry.policy import (
     Denial,
     check_approval,
     check_proposal,
+    decision_problem,
     eligible_approvers,
 )
 from symbiote.signers.keys import SigningKey, sign_event
@@ -534,14 +535,24 @@ class Dispatcher(Service):
 
     # -- approval expiry -------------------------------------------------------------------
     async def _follow_requests(self) -> None:
-        """Learn every pending approval request (also those other dispatchers made)."""
+        """Learn every pending approval request (also those other dispatchers made): only the
+        runtime's own, for the command their subject names (a forged one could name any id, or
+        ``*``, or push a real request's expiry out of reach); the earliest expiry wins."""
         async for msg in self.bus.follow("sym.cmd.*.approval_requested"):
-            with contextlib.suppress(DecodeError):
+            try:
                 event = from_wire(msg.data)
-                expires = event.body.get("expires_at")
-                cid = event.body.get("command_id")
-                if isinstance(expires, int) and isinstance(cid, str):
-                    self._pending.setdefault(cid, expires)
+            except DecodeError:
+                continue
+            expires, cid = event.body.get("expires_at"), event.body.get("command_id")
+            if not (isinstance(expires, int) and isinstance(cid, str) and is_event_id(cid)):
+                continue
+            if msg.subject != f"sym.cmd.{cid}.approval_requested":
+                continue
+            state = await self.registry.ensure_through(msg.seq + 1)
+            if decision_problem(state, cid, event, msg.seq) is not None:
+                continue
+            known = self._pending.get(cid)
+            self._pending[cid] = expires if known is None else min(known, expires)
 
     async def _expire_loop(self) -> None:
         while not self._stop.is_set():
