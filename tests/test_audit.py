@@ -940,3 +940,17 @@ async def test_why_says_when_a_missing_proposal_may_have_been_purged(world: Worl
     assert [s.kind for s in story.steps] == ["gap", "denial"], story.steps
     assert story.steps[0].details["deleted"] == [1, denied - 1] and "purged" in story.steps[0].text
     assert not story.chain_ok
+
+
+async def test_why_takes_a_proposal_with_an_expiry_beyond_any_calendar(world: World) -> None:
+    """A hostile proposal's expiry past the year 9999 (or no number at all) does not break the
+    story: deletions after it are marked, with no end to look for."""
+    w = world
+    for expires in (2**64 - 1, "soon"):
+        body = {"command": "shell.run", "args": {"argv": ["true"]}, "confidence": 0.9, "expires_at": expires}
+        proposal = w.sign(w.agent, "command.proposed", body)
+        await w.send(proposal)
+        after = await w.send(w.text("after it"))
+        await w.bus.js.delete_msg(w.bus.stream, after)
+        story = await why(w.bus, proposal.id)
+        assert story.steps[-1].kind == "gap" and story.steps[-1].details["deleted"] == [after, after], story.steps

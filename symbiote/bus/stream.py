@@ -47,6 +47,7 @@ __all__ = [
 
 DEFAULT_STREAM = "SYMBIOTE"
 _WRONG_LAST_SEQUENCE = 10071
+_LAST_MS = 7_258_118_400_000  # 2200-01-01: the server counts time in int64 nanoseconds (to 2262)
 T = TypeVar("T")
 # what a subscription may raise when the server restarts or the connection is re-established
 _FOLLOW_ERRORS = (nats.errors.Error, nats.js.errors.Error, TimeoutError, BusError, OSError)
@@ -421,7 +422,8 @@ class Bus:
     async def first_seq_since(self, ms: int) -> int | None:
         """The sequence of the first message the server stored at or after ``ms`` (Unix
         milliseconds, the server's clock), or None when none was."""
-        when = datetime.fromtimestamp(max(ms, 0) / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        ms = min(max(ms, 0), _LAST_MS)  # a time from a hostile event may lie beyond any calendar
+        when = datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         found = await self._direct_get({"start_time": when})
         return found.seq if found is not None else None
 

@@ -1173,7 +1173,8 @@ async def why(bus: Bus, command_id: str, *, clock_leeway_ms: int = 2_000) -> Com
     if life.reply is not None or life.terminal is not None:
         ends = events[-1][0] if events else last  # a question, a suggestion, an ended command: nothing follows
     elif life.proposal is not None and not life.started_seq:  # it could start only before it expired
-        until = await bus.first_seq_since(int(life.proposal.body.get("expires_at", 0)) + clock_leeway_ms)
+        expires = life.proposal.body.get("expires_at")
+        until = await bus.first_seq_since(expires + clock_leeway_ms) if isinstance(expires, int) else None
         ends = until if until is not None else 1 << 62
     else:
         ends = 1 << 62  # started, or no proposal left: its outcome may come at any time
