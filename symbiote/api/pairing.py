@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 from symbiote.bus.ids import now_ms
 from symbiote.errors import ConfigError, SymbioteError
+from symbiote.files import write_private
 from symbiote.signers.keys import valid_name
 
 __all__ = [
@@ -110,13 +111,7 @@ class PairingStore:
         ticket = PairingTicket(principal, now + ttl_s * 1000, now)
         code = new_code()
         path = self._path(code)
-        tmp = path.with_name(f".{uuid.uuid4().hex}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, json.dumps(ticket.as_map()).encode())
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_private(path, json.dumps(ticket.as_map()).encode())
         return code, ticket
 
     def exists(self, code: str) -> bool:
@@ -156,13 +151,7 @@ class PairingStore:
     def write_receipt(self, code: str, receipt: dict[str, Any]) -> None:
         """Leave a note that pairing with ``code`` completed (read by the waiting CLI)."""
         path = self._path(code, ".done.json")
-        tmp = path.with_name(f".{uuid.uuid4().hex}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, json.dumps(receipt).encode())
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_private(path, json.dumps(receipt).encode())
 
     def take_receipt(self, code: str) -> dict[str, Any] | None:
         """The receipt for ``code`` (removed once read), or None if pairing has not completed."""

@@ -29,8 +29,6 @@ import base64
 import contextlib
 import hashlib
 import json
-import os
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -45,6 +43,7 @@ from symbiote.bus.envelope import Envelope, from_wire, make_event
 from symbiote.bus.events import AuditCheckpoint, parse_body
 from symbiote.bus.stream import Bus
 from symbiote.errors import BusError, ConflictError, DecodeError, StoreError, SymbioteError
+from symbiote.files import write_atomic
 from symbiote.lifecycle import Stopped, unless_stopped
 from symbiote.projections.db import DB_ERRORS, apply_migrations, connect, translate
 from symbiote.projections.verify import CHECKPOINT_SUBJECT, entry_hash, reading
@@ -163,22 +162,7 @@ def write_checkpoint_file(directory: Path, record: CheckpointRecord) -> Path:
         if path.read_bytes() == data:
             return path
         raise StoreError("a different checkpoint file already exists", path=str(path))
-    # a name of this writer's own: a write cut short by a cancellation may still be running in its
-    # thread when the next one writes the same record
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    write_atomic(path, data, mode=0o644, durable=True)
     return path
 
 

@@ -6,7 +6,6 @@ import base64
 import ctypes
 import ctypes.util
 import functools
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from symbiote.bus.envelope import Envelope
 from symbiote.errors import KeyFileError, SignatureError
+from symbiote.files import write_private
 
 __all__ = [
     "KID_PREFIX",
@@ -167,13 +167,7 @@ class SigningKey:
         )
         pem = self.private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, f"# principal: {self.principal}\n# kid: {self.kid}\n".encode() + pem)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_private(path, f"# principal: {self.principal}\n# kid: {self.kid}\n".encode() + pem)
 
     @classmethod
     def load(cls, path: Path, passphrase: bytes | None = None) -> SigningKey:
