@@ -384,35 +384,30 @@ class Bus:
         """The stream's last sequence number (0 when empty)."""
         return int((await self.stream_state()).last_seq or 0)
 
-    async def deleted_seqs(self) -> list[int]:
-        """The sequences deleted from the middle of the stream (a purged beginning is not listed:
-        the stream's first sequence says that)."""
+    async def stream_info(self, *, deleted: bool = False) -> api.StreamInfo:
+        """The stream's configuration and state as the server holds them now, in one request; with
+        ``deleted``, the state lists the sequences deleted from its middle (a purged beginning is
+        not listed: the first sequence says that)."""
 
         async def call() -> Msg:
-            request = json.dumps({"deleted_details": True}).encode()
+            request = json.dumps({"deleted_details": True}).encode() if deleted else b""
             return await self.nc.request(f"$JS.API.STREAM.INFO.{self.stream}", request, timeout=5)
 
         reply = json.loads((await self._retry(call)).data)
-        if "error" in reply:
-            raise BusError("stream info failed", stream=self.stream, detail=reply["error"])
-        deleted = reply.get("state", {}).get("deleted") or []
-        return sorted(int(seq) for seq in deleted)
-
-    async def stream_config(self) -> api.StreamConfig:
-        """The stream's configuration, as the server holds it now."""
-        info = await self._retry(lambda: self.js.stream_info(self.stream))
-        return info.config
+        error = reply.get("error")
+        if error is not None:
+            if error.get("code") == 404:
+                raise BusError(
+                    "there is no log here yet (its stream does not exist): run `symbiote init` or `symbiote up` first",
+                    stream=self.stream,
+                )
+            raise BusError("stream info failed", stream=self.stream, detail=error)
+        info: api.StreamInfo = api.StreamInfo.from_response(reply)
+        return info
 
     async def stream_state(self) -> api.StreamState:
-        """The stream's state (first/last sequence, message count, deleted)."""
-        try:
-            info = await self._retry(lambda: self.js.stream_info(self.stream))
-        except nats.js.errors.NotFoundError as exc:
-            raise BusError(
-                "there is no log here yet (its stream does not exist): run `symbiote init` or `symbiote up` first",
-                stream=self.stream,
-            ) from exc
-        return info.state
+        """The stream's state (first/last sequence, message count)."""
+        return (await self.stream_info()).state
 
     async def get(self, seq: int) -> StoredMsg | None:
         """The message at ``seq``, or None if there is none (deleted or beyond the end)."""

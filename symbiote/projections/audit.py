@@ -840,10 +840,10 @@ async def audit(
         report.checkpoint_rows = len(records)
         # read before the stream: the projections cannot be ahead of the log they fold
         folded, folded_sha = await projected_through(checkpoint_dsn, checkpoint_schema)
-    state = await bus.stream_state()
-    report.stream_first_seq = int(state.first_seq or 0)
-    report.stream_last_seq = int(state.last_seq or 0)
-    for problem in stream_config_problems(await bus.stream_config()):
+    info = await bus.stream_info()
+    report.stream_first_seq = int(info.state.first_seq or 0)
+    report.stream_last_seq = int(info.state.last_seq or 0)
+    for problem in stream_config_problems(info.config):
         # events moved off their subjects are read where they lie and judged there: what no
         # reader saw (a revocation, a start) must fail the audit, not pass as a misplaced note
         auditor.add(Finding(None, "fail", "stream_config", f"the log's stream is altered: {problem}"))
@@ -1154,8 +1154,9 @@ async def why(bus: Bus, command_id: str, *, clock_leeway_ms: int = 2_000) -> Com
             )
     # where the log lost events the story may have held (the runtime deletes none), the story says
     # so, in place: a deleted proposal, approval, start or outcome is judged as missing
-    deleted = [(d, d) for d in await bus.deleted_seqs()]
-    first_seq = int((await bus.stream_state()).first_seq or 1)
+    stream = (await bus.stream_info(deleted=True)).state
+    deleted = [(d, d) for d in sorted(stream.deleted or [])]
+    first_seq = int(stream.first_seq or 1)
     purged = False
     if life.proposal is None and begins == (events[0][0] if events else last):
         # no proposal, nor the request it answered: deletions since the command's id was made
