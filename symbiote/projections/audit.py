@@ -1125,10 +1125,9 @@ async def why(bus: Bus, command_id: str, *, clock_leeway_ms: int = 2_000) -> Com
     if anchor is None:
         anchor = next(((s, e) for s, e in events if e.type in ("command.clarify", "command.suggested")), None)
     cause = anchor[1].cause if anchor is not None else None
-    if anchor is None:  # its proposal is gone: the runtime's decisions carry the request's id (corr)
+    if anchor is None:  # its proposal is gone: the runtime's decisions about it carry the request's id (corr)
         for seq, event in events:
-            verdict = state.keyring.verify(event, seq)
-            if event.corr not in (None, command_id) and verdict.ok and runtime_signed(event, verdict):
+            if event.corr not in (None, command_id) and decision_problem(state, command_id, event, seq) is None:
                 anchor, cause = (seq, event), event.corr
                 break
     begins = events[0][0] if events else last  # where the story begins in the log
