@@ -281,10 +281,10 @@ class Dispatcher(Service):
                 return
             except ConflictError:
                 self.counts["conflicts"] += 1
-                if (await self._life(command_id)).terminal is not None:
+                life = await self._life(command_id)  # its last_seq counts unreadable messages too
+                if life.terminal is not None:
                     return  # ended already: by another dispatcher, or by this one before an ack was lost
-                history = await self.bus.history(f"sym.cmd.{command_id}.>", first_seq, limit=None)
-                expect = history[-1].seq if history else first_seq
+                expect = life.last_seq
         log.warning("dispatch.gave_up_racing", command_id=command_id)
 
     # -- deciding --------------------------------------------------------------------------
